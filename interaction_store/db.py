@@ -1,0 +1,120 @@
+"""Connecting to PostgreSQL: which server, connection pools, migrations, and a ready store."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from psycopg.types.json import set_json_loads
+from psycopg_pool import ConnectionPool
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from interaction_store.embedded import embedded_database
+from interaction_store.exceptions import ConfigurationError, DatabaseError
+from interaction_store.settings import Settings
+from interaction_store.store import Store
+
+__all__ = [
+    "configure_connection",
+    "current_revision",
+    "database_url",
+    "downgrade",
+    "migrate",
+    "migrations_dir",
+    "open_pool",
+    "open_store",
+]
+
+
+def configure_connection(conn: psycopg.Connection[object]) -> None:
+    """Per-connection setup: fast JSON decoding of payloads."""
+    set_json_loads(orjson.loads, conn)
+
+
+def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 10) -> ConnectionPool:
+    """An opened pool of autocommit connections (the store opens transactions itself)."""
+    pool = ConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        configure=configure_connection,
+        name="interaction-store",
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=30)
+    except Exception as exc:
+        pool.close()
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+    return pool
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yield the URL to use: the configured one, or an embedded server's while the block runs."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with embedded_database(settings.data_dir) as url:
+        yield url
+
+
+def migrations_dir() -> Path:
+    """The alembic scripts: beside the package in a checkout, inside it in a wheel."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "migrations", package / "_migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise ConfigurationError("the migrations folder is missing from this installation")
+
+
+def _alembic_config(conninfo: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["conninfo"] = conninfo
+    return config
+
+
+def migrate(conninfo: str, revision: str = "head") -> None:
+    """Upgrade the database's schema to ``revision``."""
+    command.upgrade(_alembic_config(conninfo), revision)
+
+
+def downgrade(conninfo: str, revision: str = "base") -> None:
+    """Downgrade the database's schema to ``revision``."""
+    command.downgrade(_alembic_config(conninfo), revision)
+
+
+def current_revision(conninfo: str) -> str | None:
+    """The schema revision the database is at, or None before the first migration."""
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool
+    )
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings, *, migrate_schema: bool = False) -> Iterator[Store]:
+    """A ready ``Store`` on the configured database (embedded by default), closed on exit."""
+    with database_url(settings) as url:
+        if migrate_schema:
+            migrate(url)
+        pool = open_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+        store = Store.from_settings(pool, settings)
+        try:
+            yield store
+        finally:
+            store.close()
+            pool.close()

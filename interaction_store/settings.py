@@ -1,0 +1,46 @@
+"""Settings, read from ``INTERACTION_STORE_*`` environment variables by the caller.
+
+Nothing here runs at import time: the CLI, the tests and applications build ``Settings()``
+themselves and pass it on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """How interaction-store connects, where it keeps its embedded database, and its limits."""
+
+    model_config = SettingsConfigDict(env_prefix="INTERACTION_STORE_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL connection URL. Unset: an embedded server in data_dir.",
+    )
+    data_dir: Path = Field(
+        default=Path(".interaction-store"),
+        description="Folder of the embedded PostgreSQL server (created on first start).",
+    )
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    max_event_bytes: int = Field(
+        default=MIB, ge=1024, description="Largest accepted event (its data as JSON)."
+    )
+    max_batch_events: int = Field(default=1000, ge=1, description="Most events in one append.")
+    default_phone_region: str = Field(
+        default="US",
+        description="ISO 3166 region for phone numbers written without a country code.",
+    )
+    notify_channel: str = Field(
+        default="interaction_store_events",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL LISTEN/NOTIFY channel for wake-ups after appends.",
+    )

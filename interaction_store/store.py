@@ -1,0 +1,724 @@
+"""The event store: append to streams, read them back, follow the log without gaps.
+
+    store = Store(pool)
+    store.append("conversation-c-1", [event], expected_version=NO_STREAM)
+    store.read_stream("conversation-c-1")
+    store.read_all(after=Checkpoint.START)
+
+Appends are one call of the ``append_events`` database function per batch: it locks only
+the batch's streams, checks idempotency and expected versions, extends each stream's hash
+chain and inserts the rows, all in one statement. Readers that follow the whole log use a
+``Checkpoint`` of (transaction id, position) and only read below the oldest running
+transaction, so a transaction that commits late is never skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar, Final
+from uuid import UUID
+
+import orjson
+import psycopg
+from psycopg import sql as pg_sql
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from interaction_store.audit.chain import (
+    ChainReport,
+    ChainRow,
+    content_digest,
+    metadata_digest,
+    verify_chain,
+)
+from interaction_store.events import (
+    CATALOGUE,
+    EventBase,
+    parse_events,
+    stream_for,
+    upcast,
+    with_conversation,
+)
+from interaction_store.exceptions import (
+    ConcurrencyError,
+    DatabaseError,
+    EventValidationError,
+    FieldError,
+    IdempotencyConflict,
+)
+from interaction_store.settings import MIB, Settings
+from interaction_store.sql import query
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "AppendResult",
+    "AppendedEvent",
+    "Checkpoint",
+    "ExpectedVersion",
+    "RecordedEvent",
+    "Store",
+    "StreamAppend",
+    "StreamState",
+    "Transaction",
+]
+
+log = logging.getLogger(__name__)
+
+_STREAM_ID_MAX = 250
+_RETRIES: Final = 5
+
+
+class StreamState(Enum):
+    """Expectations about a stream that are not an exact version."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+
+
+ANY: Final = StreamState.ANY
+NO_STREAM: Final = StreamState.NO_STREAM
+ExpectedVersion = StreamState | int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Checkpoint:
+    """Where a reader of the whole log stands: after this (transaction id, position)."""
+
+    transaction_id: int
+    position: int
+
+    START: ClassVar[Checkpoint]
+
+    def __str__(self) -> str:
+        return f"{self.transaction_id}:{self.position}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """Read the ``transaction_id:position`` form that ``str()`` writes."""
+        txid, sep, position = text.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            return cls(int(txid), int(position))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a checkpoint (transaction_id:position)") from None
+
+
+Checkpoint.START = Checkpoint(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored, with ``data`` upcast to its type's current schema version."""
+
+    position: int
+    transaction_id: int
+    event_id: UUID
+    stream_id: str
+    stream_version: int
+    type: str
+    schema_version: int
+    occurred_at: datetime
+    recorded_at: datetime
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    hash: bytes
+    prev_hash: bytes
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.transaction_id, self.position)
+
+    def to_model(self) -> EventBase:
+        """The event as its catalogue model (validated again)."""
+        [model] = parse_events(
+            [
+                {
+                    "id": self.event_id,
+                    "type": self.type,
+                    "occurred_at": self.occurred_at,
+                    "data": self.data,
+                    "metadata": self.metadata,
+                }
+            ]
+        )
+        return model
+
+
+@dataclass(frozen=True, slots=True)
+class AppendedEvent:
+    event_id: UUID
+    position: int
+    stream_id: str
+    stream_version: int
+    already_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Each event's place in the log, in the order given. Events that were already stored
+    (an idempotent retry) carry their original position and ``already_present``."""
+
+    events: tuple[AppendedEvent, ...]
+
+    @property
+    def position(self) -> int:
+        """The highest position of the batch: wait for this one to read your writes."""
+        return max((e.position for e in self.events), default=0)
+
+    @property
+    def appended(self) -> int:
+        return sum(not e.already_present for e in self.events)
+
+    @property
+    def already_present(self) -> int:
+        return sum(e.already_present for e in self.events)
+
+    def stream_version(self, stream_id: str | None = None) -> int:
+        """The stream's version after this batch (of the only stream, when not named)."""
+        streams = {e.stream_id for e in self.events}
+        if stream_id is None:
+            if len(streams) != 1:
+                raise ValueError("the batch spans several streams: name one")
+            (stream_id,) = streams
+        return max(e.stream_version for e in self.events if e.stream_id == stream_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAppend:
+    """Part of a multi-stream append: events for one stream and what is expected of it."""
+
+    stream_id: str
+    events: Sequence[EventBase | Mapping[str, Any]]
+    expected_version: ExpectedVersion = ANY
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    stream_id: str
+    event: EventBase
+    payload: str
+    metadata: str
+    content_digest: bytes
+    metadata_digest: bytes
+
+
+class Store:
+    """Appends to and reads from the event log over a psycopg connection pool.
+
+    The pool's connections must be in autocommit mode (``db.open_pool`` makes them so);
+    the store opens its own transactions. The store never closes the pool.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        max_event_bytes: int = MIB,
+        max_batch_events: int = 1000,
+        phone_region: str = "US",
+        notify_channel: str = "interaction_store_events",
+        catalogue: Mapping[str, type[EventBase]] = CATALOGUE,
+    ) -> None:
+        self.pool = pool
+        self.max_event_bytes = max_event_bytes
+        self.max_batch_events = max_batch_events
+        self.phone_region = phone_region
+        self.notify_channel = notify_channel
+        self.catalogue = catalogue
+        self._notifier = _Notifier(pool, notify_channel)
+
+    @classmethod
+    def from_settings(cls, pool: ConnectionPool, settings: Settings) -> Store:
+        return cls(
+            pool,
+            max_event_bytes=settings.max_event_bytes,
+            max_batch_events=settings.max_batch_events,
+            phone_region=settings.default_phone_region,
+            notify_channel=settings.notify_channel,
+        )
+
+    def close(self) -> None:
+        """Send the last pending wake-up and stop the notifier (the pool stays open)."""
+        self._notifier.close()
+
+    # Appending --------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[EventBase | Mapping[str, Any]],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append events to one stream, atomically.
+
+        ``expected_version`` is ``ANY``, ``NO_STREAM`` or the exact current version; a
+        mismatch raises ``ConcurrencyError``. Events already stored under the same id and
+        content are reported with their original positions and not written again.
+        """
+        return self.append_many([StreamAppend(stream_id, events, expected_version)])
+
+    def append_batch(self, events: Sequence[EventBase | Mapping[str, Any]]) -> AppendResult:
+        """Append events to the streams their data names (conversation or customer), atomically."""
+        models = self._validate(events)
+        grouped: dict[str, list[EventBase]] = {}
+        for model in models:
+            model = with_conversation(model)
+            grouped.setdefault(stream_for(model), []).append(model)
+        return self.append_many([StreamAppend(s, evs) for s, evs in grouped.items()])
+
+    def append_many(self, appends: Sequence[StreamAppend]) -> AppendResult:
+        """Append to several streams in one atomic step."""
+        batch = self._prepare(appends)
+        if not batch[0]:
+            return AppendResult(())
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                with self.pool.connection() as conn:
+                    result = _call_append(conn, *batch)
+                break
+            except _Retry:
+                if attempt == _RETRIES:
+                    raise DatabaseError("append kept colliding with concurrent appends") from None
+                time.sleep(0.001 * attempt)
+        self._notifier.poke(result.position)
+        return result
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A transaction for several appends that commit together (or not at all).
+
+        Unlike ``append``, a collision with a concurrent append of the same event ids to
+        another stream is not retried here: it raises ``DatabaseError``.
+        """
+        with self.pool.connection() as conn, conn.transaction():
+            tx = Transaction(self, conn)
+            yield tx
+        if tx.position:
+            self._notifier.poke(tx.position)
+
+    def _validate(self, events: Sequence[EventBase | Mapping[str, Any]]) -> list[EventBase]:
+        if len(events) > self.max_batch_events:
+            raise EventValidationError(
+                [FieldError(None, "events", f"{len(events)} events; the limit is {self.max_batch_events}")]
+            )
+        return parse_events(events, phone_region=self.phone_region)
+
+    def _prepare(
+        self, appends: Sequence[StreamAppend]
+    ) -> tuple[list[_Prepared], dict[str, int | None]]:
+        """Validate and serialise a batch; every error of the batch is reported at once."""
+        flat: list[tuple[str, EventBase | Mapping[str, Any]]] = [
+            (a.stream_id, e) for a in appends for e in a.events
+        ]
+        models = self._validate([event for _, event in flat])
+        errors: list[FieldError] = []
+        expected: dict[str, int | None] = {}
+        for part in appends:
+            if not _valid_stream_id(part.stream_id):
+                errors.append(FieldError(None, "stream_id", f"{part.stream_id!r} is not a stream id"))
+            if part.stream_id in expected and part.events:
+                errors.append(FieldError(None, "stream_id", f"{part.stream_id!r} appears twice"))
+            expected[part.stream_id] = _encode_expected(part.expected_version)
+        prepared: list[_Prepared] = []
+        seen: dict[UUID, int] = {}
+        for index, ((stream_id, _), model) in enumerate(zip(flat, models, strict=True)):
+            if model.id in seen:
+                errors.append(FieldError(index, "id", f"repeats the id of events[{seen[model.id]}]"))
+            seen.setdefault(model.id, index)
+            data = getattr(model, "data").model_dump(mode="json", exclude_none=True)
+            payload = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+            if len(payload) > self.max_event_bytes:
+                errors.append(
+                    FieldError(index, "data", f"is {len(payload):,} bytes; the limit is {self.max_event_bytes:,}")
+                )
+                continue
+            if b"\\u0000" in payload:
+                errors.append(FieldError(index, f"data.{_nul_path(data)}", "contains a NUL character"))
+                continue
+            metadata = model.metadata.model_dump(mode="json", exclude_none=True)
+            event_type: str = getattr(model, "type")
+            prepared.append(
+                _Prepared(
+                    stream_id=stream_id,
+                    event=model,
+                    payload=payload.decode(),
+                    metadata=orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode(),
+                    content_digest=content_digest(
+                        event_id=model.id,
+                        stream_id=stream_id,
+                        type=event_type,
+                        schema_version=getattr(model, "schema_version"),
+                        occurred_at=model.occurred_at,
+                        data=data,
+                    ),
+                    metadata_digest=metadata_digest(metadata),
+                )
+            )
+        if errors:
+            raise EventValidationError(errors)
+        return prepared, expected
+
+    # Reading ----------------------------------------------------------------------
+
+    def read_stream(self, stream_id: str, from_version: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """A stream's events in version order, from ``from_version`` (inclusive)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                query("read_stream"),
+                {"stream_id": stream_id, "from_version": from_version, "limit": limit},
+            ).fetchall()
+        return [self._recorded(row) for row in rows]
+
+    def read_all(
+        self,
+        after: Checkpoint = Checkpoint.START,
+        limit: int = 1000,
+        types: Sequence[str] | None = None,
+    ) -> list[RecordedEvent]:
+        """The next events of the whole log after ``after``, gap-safe.
+
+        Continue from the last event's ``checkpoint``. Events are in commit-safe order:
+        by transaction, then position, so positions may not be strictly increasing.
+        """
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                query("read_all"),
+                {
+                    "transaction_id": str(after.transaction_id),
+                    "position": after.position,
+                    "types": list(types) if types else None,
+                    "limit": limit,
+                },
+            ).fetchall()
+        return [self._recorded(row) for row in rows]
+
+    def follow(
+        self,
+        after: Checkpoint = Checkpoint.START,
+        *,
+        types: Sequence[str] | None = None,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """Yield every event after ``after``, then wait for new ones until ``stop`` is set.
+
+        Woken by NOTIFY after appends, and polling every ``poll_interval`` seconds anyway:
+        a lost notification costs latency, never an event.
+        """
+        stop = stop or threading.Event()
+        with self._listener() as listener:
+            while not stop.is_set():
+                events = self.read_all(after, limit=batch_size, types=types)
+                yield from events
+                if events:
+                    after = events[-1].checkpoint
+                if len(events) < batch_size:
+                    listener.wait(poll_interval)
+
+    def head(self) -> int:
+        """The highest committed position (0 for an empty log)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(query("head")).fetchone()
+        return int(row[0]) if row else 0
+
+    def checkpoint_at(self, position: int) -> Checkpoint | None:
+        """The checkpoint just after the event at ``position``, if it is committed."""
+        with self.pool.connection() as conn:
+            row = conn.execute(query("checkpoint_at"), {"position": position}).fetchone()
+        return Checkpoint(int(row[0]), int(row[1])) if row else None
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's current version; 0 when it has no events."""
+        with self.pool.connection() as conn:
+            row = conn.execute(query("stream_version"), {"stream_id": stream_id}).fetchone()
+        return int(row[0]) if row else 0
+
+    def wait_for(self, position: int, timeout: float = 5.0) -> bool:
+        """Wait until the event at ``position`` can be read by gap-safe readers.
+
+        True once it can; False if ``timeout`` seconds passed first. For read-your-writes:
+        wait for the ``position`` an append returned.
+        """
+        deadline = time.monotonic() + timeout
+        with self._listener() as listener:
+            delay = 0.005
+            while True:
+                with self.pool.connection() as conn:
+                    row = conn.execute(query("readable"), {"position": position}).fetchone()
+                if row is not None and row[0]:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                listener.wait(min(delay, remaining))
+                delay = min(delay * 2, 0.25)
+
+    def verify_stream(self, stream_id: str) -> ChainReport:
+        """Recompute a stream's hash chain from its stored rows."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                query("read_stream"), {"stream_id": stream_id, "from_version": 0, "limit": None}
+            ).fetchall()
+        return verify_chain(
+            stream_id,
+            (
+                ChainRow(
+                    position=r[0],
+                    event_id=r[2],
+                    stream_id=r[3],
+                    stream_version=r[4],
+                    type=r[5],
+                    schema_version=r[6],
+                    occurred_at=r[7],
+                    recorded_at=r[8],
+                    data=r[9],
+                    metadata=r[10],
+                    content_digest=r[11],
+                    hash=r[12],
+                    prev_hash=r[13],
+                )
+                for r in rows
+            ),
+        )
+
+    def _recorded(self, row: Sequence[Any]) -> RecordedEvent:
+        schema_version, data = upcast(row[5], row[6], row[9], self.catalogue)
+        return RecordedEvent(
+            position=row[0],
+            transaction_id=int(row[1]),
+            event_id=row[2],
+            stream_id=row[3],
+            stream_version=row[4],
+            type=row[5],
+            schema_version=schema_version,
+            occurred_at=row[7],
+            recorded_at=row[8],
+            data=data,
+            metadata=row[10],
+            hash=row[12],
+            prev_hash=row[13],
+        )
+
+    @contextlib.contextmanager
+    def _listener(self) -> Iterator[_Listener]:
+        listener = _Listener(self.pool.conninfo, self.notify_channel)
+        try:
+            yield listener
+        finally:
+            listener.close()
+
+
+class Transaction:
+    """Appends made through ``Store.transaction()``; they commit when the block ends."""
+
+    def __init__(self, store: Store, conn: psycopg.Connection[Any]) -> None:
+        self._store = store
+        self._conn = conn
+        self.position = 0
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[EventBase | Mapping[str, Any]],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        batch = self._store._prepare([StreamAppend(stream_id, events, expected_version)])
+        if not batch[0]:
+            return AppendResult(())
+        try:
+            result = _call_append(self._conn, *batch)
+        except _Retry as exc:
+            raise DatabaseError("a concurrent append stored the same event ids") from exc
+        self.position = max(self.position, result.position)
+        return result
+
+
+class _Retry(Exception):
+    """A transient collision with a concurrent append: run the whole append again."""
+
+
+def _call_append(
+    conn: psycopg.Connection[Any], prepared: list[_Prepared], expected: dict[str, int | None]
+) -> AppendResult:
+    streams = sorted({p.stream_id for p in prepared})
+    index = {stream: i for i, stream in enumerate(streams, start=1)}
+    params = {
+        "streams": streams,
+        "expected": [expected.get(s) for s in streams],
+        "stream_index": [index[p.stream_id] for p in prepared],
+        "event_streams": [p.stream_id for p in prepared],
+        "event_ids": [p.event.id for p in prepared],
+        "types": [getattr(p.event, "type") for p in prepared],
+        "schema_versions": [getattr(p.event, "schema_version") for p in prepared],
+        "occurred_at": [p.event.occurred_at for p in prepared],
+        "payloads": [p.payload for p in prepared],
+        "metadata": [p.metadata for p in prepared],
+        "content_digests": [p.content_digest for p in prepared],
+        "metadata_digests": [p.metadata_digest for p in prepared],
+    }
+    try:
+        rows = conn.execute(query("append_events"), params).fetchall()
+    except psycopg.Error as exc:
+        raise _translate(exc) from exc
+    placed = {row[0]: row for row in rows}
+    return AppendResult(
+        tuple(
+            AppendedEvent(
+                event_id=p.event.id,
+                position=placed[p.event.id][1],
+                stream_id=p.stream_id,
+                stream_version=placed[p.event.id][2],
+                already_present=placed[p.event.id][3],
+            )
+            for p in prepared
+        )
+    )
+
+
+def _translate(exc: psycopg.Error) -> Exception:
+    """Map a database refusal to the store's own errors."""
+    if exc.sqlstate == "ISC01":
+        detail = orjson.loads(exc.diag.message_detail or "{}")
+        expected = detail.get("expected")
+        return ConcurrencyError(
+            detail.get("stream_id", "?"),
+            "no stream" if expected == -1 else expected,
+            int(detail.get("actual", 0)),
+        )
+    if exc.sqlstate == "ISI01":
+        return IdempotencyConflict(UUID(exc.diag.message_detail or ""))
+    if isinstance(exc, pg_errors.UniqueViolation | pg_errors.DeadlockDetected | pg_errors.SerializationFailure):
+        # The same event ids raced into another stream, or lock order crossed: retry.
+        return _Retry(str(exc))
+    return DatabaseError(f"append failed: {exc.diag.message_primary or exc}")
+
+
+def _encode_expected(expected: ExpectedVersion) -> int | None:
+    if expected is ANY:
+        return None
+    if expected is NO_STREAM:
+        return -1
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0:
+        return expected
+    raise ValueError(f"expected_version must be ANY, NO_STREAM or a version >= 0, not {expected!r}")
+
+
+def _valid_stream_id(stream_id: str) -> bool:
+    return 0 < len(stream_id) <= _STREAM_ID_MAX and stream_id.isprintable() and not any(
+        c.isspace() for c in stream_id
+    )
+
+
+def _nul_path(value: Any, path: str = "") -> str:
+    """The dotted path of the first string holding a NUL character."""
+    if isinstance(value, str):
+        return path if "\x00" in value else ""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _nul_path(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return ""
+
+
+class _Listener:
+    """A dedicated LISTEN connection that wakes a waiting reader."""
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self._conn: psycopg.Connection[Any] | None = None
+        try:
+            self._conn = psycopg.connect(conninfo, autocommit=True)
+            self._conn.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.Identifier(channel)))
+        except psycopg.Error as exc:  # polling alone still works
+            log.warning("cannot LISTEN for wake-ups, polling only: %s", exc)
+            self.close()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a wake-up arrives or ``timeout`` seconds pass; True if woken."""
+        if self._conn is None:
+            time.sleep(timeout)
+            return False
+        woken = False
+        try:
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                woken = True
+        except psycopg.Error as exc:
+            log.warning("lost the LISTEN connection, polling only: %s", exc)
+            self.close()
+        return woken
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _Notifier:
+    """Coalesced wake-ups: appenders poke after commit; one thread sends NOTIFY for many.
+
+    NOTIFY is sent outside the append transactions (a NOTIFY inside them would take a
+    global lock at every commit) and at most one at a time, carrying the newest position.
+    """
+
+    def __init__(self, pool: ConnectionPool, channel: str) -> None:
+        self._pool = pool
+        self._channel = channel
+        self._pending = threading.Event()
+        self._lock = threading.Lock()
+        self._latest = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def poke(self, position: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._latest = max(self._latest, position)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="interaction-store-notifier", daemon=True
+                )
+                self._thread.start()
+        self._pending.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._pending.set()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            self._pending.wait()
+            self._pending.clear()
+            with self._lock:
+                position, closed = self._latest, self._closed
+            self._send(position)
+            if closed:
+                break
+        if self._conn is not None:
+            self._conn.close()
+
+    def _send(self, position: int) -> None:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._pool.conninfo, autocommit=True)
+            self._conn.execute(query("notify"), {"channel": self._channel, "payload": str(position)})
+        except psycopg.Error as exc:  # readers poll too: a lost wake-up costs latency only
+            log.warning("wake-up NOTIFY failed: %s", exc)
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
