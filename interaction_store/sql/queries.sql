@@ -11,7 +11,7 @@ SELECT event_id, position, stream_version, already_present
                      %(content_digests)s::bytea[], %(metadata_digests)s::bytea[])
 
 -- name: read_stream --
-SELECT position, transaction_id::text, event_id, stream_id, stream_version, type,
+SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,
        schema_version, occurred_at, recorded_at, payload, metadata, content_digest,
        hash, prev_hash
   FROM events
@@ -23,21 +23,22 @@ SELECT position, transaction_id::text, event_id, stream_id, stream_version, type
 -- Gap-safe: only transactions older than every running one are read, in commit-safe
 -- (transaction_id, position) order, so an event whose transaction commits late is never
 -- passed over.
-SELECT position, transaction_id::text, event_id, stream_id, stream_version, type,
+SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,
        schema_version, occurred_at, recorded_at, payload, metadata, content_digest,
        hash, prev_hash
   FROM events
  WHERE (transaction_id, position) > (%(transaction_id)s::text::xid8, %(position)s::bigint)
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
    AND (%(types)s::text[] IS NULL OR type = ANY (%(types)s::text[]))
- ORDER BY transaction_id, position
+ -- qualified, so rows sort by the xid8 column itself and never by a text rendering of it
+ ORDER BY events.transaction_id, events.position
  LIMIT %(limit)s
 
 -- name: head --
 SELECT coalesce(max(position), 0) FROM events
 
 -- name: checkpoint_at --
-SELECT transaction_id::text, position FROM events WHERE position = %(position)s
+SELECT transaction_id::text AS txid, position FROM events WHERE position = %(position)s
 
 -- name: readable --
 -- Is the event at this position visible to gap-safe readers yet?
