@@ -1,2 +1,433 @@
+"""The ``interaction-store`` command line.
+
+With no ``INTERACTION_STORE_DATABASE_URL``, every command runs on the embedded PostgreSQL
+in ``.interaction-store/`` (started on demand, stopped when the command ends unless
+``db start`` keeps it running).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import orjson
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from interaction_store import db
+from interaction_store.demo import generate, story
+from interaction_store.embedded import EmbeddedPostgres
+from interaction_store.events import parse_events
+from interaction_store.exceptions import AppendError, EventValidationError, InteractionStoreError
+from interaction_store.settings import Settings
+from interaction_store.store import Checkpoint, RecordedEvent, Store
+
+__all__ = ["main"]
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Context:
+    settings: Settings
+
+    @contextlib.contextmanager
+    def store(self, *, migrate: bool = False) -> Iterator[Store]:
+        with db.open_store(self.settings, migrate_schema=migrate) as store:
+            yield store
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--database-url",
+    envvar="INTERACTION_STORE_DATABASE_URL",
+    help="PostgreSQL URL. Default: the embedded server in --data-dir.",
+)
+@click.option(
+    "--data-dir",
+    envvar="INTERACTION_STORE_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the embedded server.  [default: .interaction-store]",
+)
+@click.version_option(package_name="interaction-store")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, data_dir: Path | None) -> None:
+    """One record of every customer interaction, on every channel.
+
+    \b
+    Quick start (embedded PostgreSQL, nothing to install):
+      interaction-store migrate
+      interaction-store demo
+      interaction-store tail
+    """
+    overrides: dict[str, Any] = {}
+    if database_url:
+        overrides["database_url"] = database_url
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    ctx.obj = Context(Settings(**overrides))
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    try:
+        cli(standalone_mode=True)
+    except InteractionStoreError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+
+
+# migrate ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("revision", default="head")
+@click.option("--down", is_flag=True, help="Downgrade to REVISION (e.g. base) instead.")
+@click.pass_obj
+def migrate(obj: Context, revision: str, down: bool) -> None:
+    """Bring the database schema to REVISION (default: the newest)."""
+    with db.database_url(obj.settings) as url:
+        before = db.current_revision(url)
+        if down:
+            db.downgrade(url, revision)
+        else:
+            db.migrate(url, revision)
+        after = db.current_revision(url)
+    click.echo(f"schema: {before or 'empty'} -> {after or 'empty'}")
+
+
+# append -------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    appended: int = 0
+    already_present: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"appended {self.appended}, already present {self.already_present}, "
+            f"rejected {len(self.rejected)}"
+        )
+
+
+@cli.command()
+@click.argument("source", type=click.File("rb"))
+@click.option(
+    "--batch-size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Events per atomic append.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def append(obj: Context, source: IO[bytes], batch_size: int, quiet: bool) -> None:
+    """Append events from SOURCE, a file of JSON lines (NDJSON), or - for standard input.
+
+    Each line is one event in the wire shape: {"id"?, "type", "occurred_at", "data",
+    "metadata"?}; its stream is derived from its data. Lines already stored (same id,
+    same content) are counted, not written again. Invalid lines are reported by line
+    number and skipped; the exit status is 1 if any line was rejected.
+
+    \b
+    Example:
+      interaction-store generate 1000 | interaction-store append -
+    """
+    tally = Tally()
+    total = _size_of(source)
+    with obj.store(migrate=True) as store, _progress(quiet, total) as (progress, task):
+        batch: list[tuple[int, Any]] = []
+        for number, line in enumerate(source, start=1):
+            progress.advance(task, len(line))
+            if not line.strip():
+                continue
+            try:
+                batch.append((number, orjson.loads(line)))
+            except orjson.JSONDecodeError as exc:
+                tally.rejected.append((number, f"malformed JSON: {exc}"))
+                continue
+            if len(batch) >= batch_size:
+                _append_lines(store, batch, tally)
+                batch = []
+        if batch:
+            _append_lines(store, batch, tally)
+    for number, reason in tally.rejected[:50]:
+        err.print(f"line {number}: {reason}", markup=False)
+    if len(tally.rejected) > 50:
+        err.print(f"... and {len(tally.rejected) - 50} more rejected lines")
+    click.echo(tally.summary())
+    if tally.rejected:
+        sys.exit(1)
+
+
+def _append_lines(store: Store, lines: list[tuple[int, Any]], tally: Tally) -> None:
+    """Append one batch of parsed lines; drop and report the invalid ones first."""
+    while lines:
+        try:
+            models = parse_events([obj for _, obj in lines], phone_region=store.phone_region)
+            result = store.append_batch(models)
+        except EventValidationError as exc:
+            bad = {e.index for e in exc.errors if e.index is not None}
+            if not bad:
+                raise
+            for error in exc.errors:
+                if error.index is not None:
+                    tally.rejected.append((lines[error.index][0], f"{error.field}: {error.reason}"))
+            lines = [line for i, line in enumerate(lines) if i not in bad]
+            continue
+        except AppendError:
+            if len(lines) == 1:
+                raise
+            for line in lines:  # find the culprit: one line at a time
+                try:
+                    _append_lines(store, [line], tally)
+                except AppendError as single:
+                    tally.rejected.append((line[0], single.message))
+            return
+        tally.appended += result.appended
+        tally.already_present += result.already_present
+        return
+
+
+def _size_of(source: IO[bytes]) -> int | None:
+    try:
+        return Path(source.name).stat().st_size if source.seekable() else None
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, total: int | None) -> Iterator[tuple[Progress, Any]]:
+    progress = Progress(
+        TextColumn("appending"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+        transient=False,
+    )
+    with progress:
+        yield progress, progress.add_task("append", total=total)
+
+
+# tail ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--after", "after", help="Start after this checkpoint (transaction_id:position).")
+@click.option("--from-position", type=int, help="Start after the event at this position.")
+@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events (Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--limit", type=int, help="Stop after this many events.")
+@click.pass_obj
+def tail(
+    obj: Context,
+    after: str | None,
+    from_position: int | None,
+    types: tuple[str, ...],
+    follow: bool,
+    as_json: bool,
+    limit: int | None,
+) -> None:
+    """Print the log, one line per event, in commit order; with -f, keep following it."""
+    with obj.store(migrate=True) as store:
+        checkpoint = Checkpoint.parse(after) if after else Checkpoint.START
+        if from_position is not None:
+            found = store.checkpoint_at(from_position)
+            if found is None:
+                raise click.BadParameter(f"no committed event at position {from_position}")
+            checkpoint = found
+        stop = threading.Event()
+        printed = 0
+        events = (
+            store.follow(checkpoint, types=types or None, stop=stop)
+            if follow
+            else _read_until_caught_up(store, checkpoint, types)
+        )
+        try:
+            for event in events:
+                click.echo(_json_line(event) if as_json else _text_line(event))
+                printed += 1
+                if limit is not None and printed >= limit:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+
+
+def _read_until_caught_up(
+    store: Store, checkpoint: Checkpoint, types: tuple[str, ...]
+) -> Iterator[RecordedEvent]:
+    while page := store.read_all(checkpoint, limit=1000, types=types or None):
+        yield from page
+        checkpoint = page[-1].checkpoint
+
+
+def _text_line(event: RecordedEvent) -> str:
+    data = event.data
+    contact = data.get("contact") or {}
+    who = (
+        f"{contact.get('kind')}:{contact.get('value')}" if contact else data.get("customer_id", "")
+    )
+    gist = data.get("subject") or data.get("text") or data.get("status") or data.get("name") or ""
+    gist = " ".join(str(gist).split())
+    if len(gist) > 60:
+        gist = gist[:59] + "…"
+    channel = f"{data.get('channel', '')} {data.get('direction', '')}".strip()
+    return (
+        f"{event.position:>8}  {event.occurred_at:%Y-%m-%d %H:%M}  {event.type:<26} "
+        f"{channel:<16} {who:<38} {gist}"
+    ).rstrip()
+
+
+def _json_line(event: RecordedEvent) -> str:
+    return orjson.dumps(
+        {
+            "position": event.position,
+            "checkpoint": str(event.checkpoint),
+            "id": str(event.event_id),
+            "stream_id": event.stream_id,
+            "stream_version": event.stream_version,
+            "type": event.type,
+            "schema_version": event.schema_version,
+            "occurred_at": event.occurred_at,
+            "recorded_at": event.recorded_at,
+            "data": event.data,
+            "metadata": event.metadata,
+            "hash": event.hash.hex(),
+        }
+    ).decode()
+
+
+# demo and generate --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--if-empty", is_flag=True, help="Only when the log has no events yet.")
+@click.option(
+    "--synthetic",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Also append this many generated interactions.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
+@click.pass_obj
+def demo(obj: Context, if_empty: bool, synthetic: int, seed: int) -> None:
+    """Load the demo story (and optionally synthetic interactions) into the database."""
+    with obj.store(migrate=True) as store:
+        if if_empty and store.head() > 0:
+            click.echo(f"the log already has events (head {store.head()}); nothing loaded")
+            return
+        result = store.append_batch(story())
+        click.echo(
+            f"demo story: appended {result.appended}, already present {result.already_present}"
+        )
+        if synthetic:
+            events = list(generate(synthetic, seed=seed, with_customers=True))
+            appended = present = 0
+            for start in range(0, len(events), 500):
+                batch = store.append_batch(events[start : start + 500])
+                appended += batch.appended
+                present += batch.already_present
+            click.echo(f"synthetic: appended {appended}, already present {present}")
+
+
+@cli.command(name="generate")
+@click.argument("count", type=click.IntRange(1))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--customers",
+    "customer_count",
+    type=click.IntRange(1),
+    help="How many customers.  [default: count / 10]",
+)
+@click.option(
+    "--with-customers", is_flag=True, help="Start with a customer.registered per customer."
+)
+def generate_command(
+    count: int, seed: int, customer_count: int | None, with_customers: bool
+) -> None:
+    """Write COUNT synthetic interactions as NDJSON to standard output (for `append -`)."""
+    out = sys.stdout.buffer
+    for event in generate(
+        count, seed=seed, customer_count=customer_count, with_customers=with_customers
+    ):
+        out.write(orjson.dumps(event) + b"\n")
+
+
+# db -----------------------------------------------------------------------------------
+
+
+@cli.group(name="db")
+def db_group() -> None:
+    """The database in use: print its URL, start or stop the embedded server."""
+
+
+def _redacted(url: str) -> str:
+    """The URL with its password masked, for printing."""
+    params = conninfo_to_dict(url)
+    if not params.get("password"):
+        return url
+    params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+@db_group.command(name="url")
+@click.pass_obj
+def db_url(obj: Context) -> None:
+    """Print the URL in use (the embedded server's, if it is running)."""
+    if obj.settings.database_url:
+        click.echo(_redacted(obj.settings.database_url))
+        return
+    url = EmbeddedPostgres(obj.settings.data_dir).running_url()
+    if url is None:
+        err.print("the embedded server is not running; start it with: interaction-store db start")
+        sys.exit(1)
+    click.echo(url)
+
+
+@db_group.command(name="start")
+@click.pass_obj
+def db_start(obj: Context) -> None:
+    """Start the embedded server and leave it running; print its URL."""
+    if obj.settings.database_url:
+        raise click.UsageError("a database URL is configured: there is no embedded server to start")
+    server = EmbeddedPostgres(obj.settings.data_dir)
+    click.echo(server.start(keep_running=True))
+
+
+@db_group.command(name="stop")
+@click.option("--force", is_flag=True, help="Stop even if other processes use it.")
+@click.pass_obj
+def db_stop(obj: Context, force: bool) -> None:
+    """Stop the embedded server."""
+    stopped = EmbeddedPostgres(obj.settings.data_dir).stop(force=force)
+    click.echo("stopped" if stopped else "not running")
+
+
+@db_group.command(name="status")
+@click.pass_obj
+def db_status(obj: Context) -> None:
+    """Say which database is in use and whether the embedded server runs."""
+    if obj.settings.database_url:
+        click.echo(f"configured: {_redacted(obj.settings.database_url)}")
+        return
+    server = EmbeddedPostgres(obj.settings.data_dir)
+    url = server.running_url()
+    click.echo(f"embedded in {server.pgdata}: " + (f"running at {url}" if url else "stopped"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -33,12 +34,14 @@ __all__ = [
 ]
 
 
-def configure_connection(conn: psycopg.Connection[object]) -> None:
+def configure_connection(conn: psycopg.Connection[Any]) -> None:
     """Per-connection setup: fast JSON decoding of payloads."""
     set_json_loads(orjson.loads, conn)
 
 
-def open_pool(conninfo: str, *, min_size: int = 1, max_size: int = 10) -> ConnectionPool:
+def open_pool(
+    conninfo: str, *, min_size: int = 1, max_size: int = 10
+) -> ConnectionPool[psycopg.Connection[Any]]:
     """An opened pool of autocommit connections (the store opens transactions itself)."""
     pool = ConnectionPool(
         conninfo,

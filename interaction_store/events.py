@@ -291,15 +291,21 @@ class ConversationResolvedData(ConversationData):
 
 
 class EventBase(Model):
-    """The envelope every event shares. ``id`` is the idempotency key."""
+    """The envelope every event shares. ``id`` is the idempotency key; each type narrows
+    ``type``, ``schema_version`` and ``data`` to its own."""
 
     id: UUID = Field(default_factory=uuid4)
     occurred_at: AwareDatetime
     metadata: Metadata = Field(default_factory=Metadata)
+    type: str
+    schema_version: int
+    data: BaseModel
 
 
 def _natural_key_of(data: Any) -> str | None:
-    key = data.get("external_id") if isinstance(data, Mapping) else getattr(data, "external_id", None)
+    key = (
+        data.get("external_id") if isinstance(data, Mapping) else getattr(data, "external_id", None)
+    )
     return key if isinstance(key, str) and key.strip() else None
 
 
@@ -493,7 +499,9 @@ def parse_events(items: Sequence[Any], *, phone_region: str = "US") -> list[Even
         return list(items)
     raw = [item.model_dump(mode="json") if isinstance(item, EventBase) else item for item in items]
     try:
-        return cast(list[EventBase], _BATCH.validate_python(raw, context={"phone_region": phone_region}))
+        return cast(
+            list[EventBase], _BATCH.validate_python(raw, context={"phone_region": phone_region})
+        )
     except ValidationError as exc:
         raise EventValidationError([_field_error(err) for err in exc.errors()]) from None
 
@@ -535,7 +543,9 @@ def with_conversation(event: EventBase) -> EventBase:
         return event
     key = data.thread_key or data.external_id
     conversation_id = derive_conversation_id(data.channel, key)
-    return event.model_copy(update={"data": data.model_copy(update={"conversation_id": conversation_id})})
+    return event.model_copy(
+        update={"data": data.model_copy(update={"conversation_id": conversation_id})}
+    )
 
 
 def stream_for(event: EventBase) -> str:
@@ -570,7 +580,9 @@ def upcast(
         return schema_version, data
     target = schema_version_of(model)
     while schema_version < target:
-        step: Upcaster | None = getattr(model, f"upcast_v{schema_version}_v{schema_version + 1}", None)
+        step: Upcaster | None = getattr(
+            model, f"upcast_v{schema_version}_v{schema_version + 1}", None
+        )
         if step is None:
             raise LookupError(
                 f"{model.__name__} has no upcast_v{schema_version}_v{schema_version + 1}"

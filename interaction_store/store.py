@@ -27,8 +27,8 @@ from uuid import UUID
 
 import orjson
 import psycopg
-from psycopg import sql as pg_sql
 from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool
 
 from interaction_store.audit.chain import (
@@ -220,7 +220,7 @@ class Store:
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        pool: ConnectionPool[Any],
         *,
         max_event_bytes: int = MIB,
         max_batch_events: int = 1000,
@@ -237,7 +237,7 @@ class Store:
         self._notifier = _Notifier(pool, notify_channel)
 
     @classmethod
-    def from_settings(cls, pool: ConnectionPool, settings: Settings) -> Store:
+    def from_settings(cls, pool: ConnectionPool[Any], settings: Settings) -> Store:
         return cls(
             pool,
             max_event_bytes=settings.max_event_bytes,
@@ -308,7 +308,13 @@ class Store:
     def _validate(self, events: Sequence[EventBase | Mapping[str, Any]]) -> list[EventBase]:
         if len(events) > self.max_batch_events:
             raise EventValidationError(
-                [FieldError(None, "events", f"{len(events)} events; the limit is {self.max_batch_events}")]
+                [
+                    FieldError(
+                        None,
+                        "events",
+                        f"{len(events)} events; the limit is {self.max_batch_events}",
+                    )
+                ]
             )
         return parse_events(events, phone_region=self.phone_region)
 
@@ -324,7 +330,9 @@ class Store:
         expected: dict[str, int | None] = {}
         for part in appends:
             if not _valid_stream_id(part.stream_id):
-                errors.append(FieldError(None, "stream_id", f"{part.stream_id!r} is not a stream id"))
+                errors.append(
+                    FieldError(None, "stream_id", f"{part.stream_id!r} is not a stream id")
+                )
             if part.stream_id in expected and part.events:
                 errors.append(FieldError(None, "stream_id", f"{part.stream_id!r} appears twice"))
             expected[part.stream_id] = _encode_expected(part.expected_version)
@@ -332,20 +340,28 @@ class Store:
         seen: dict[UUID, int] = {}
         for index, ((stream_id, _), model) in enumerate(zip(flat, models, strict=True)):
             if model.id in seen:
-                errors.append(FieldError(index, "id", f"repeats the id of events[{seen[model.id]}]"))
+                errors.append(
+                    FieldError(index, "id", f"repeats the id of events[{seen[model.id]}]")
+                )
             seen.setdefault(model.id, index)
-            data = getattr(model, "data").model_dump(mode="json", exclude_none=True)
+            data = model.data.model_dump(mode="json", exclude_none=True)
             payload = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
             if len(payload) > self.max_event_bytes:
                 errors.append(
-                    FieldError(index, "data", f"is {len(payload):,} bytes; the limit is {self.max_event_bytes:,}")
+                    FieldError(
+                        index,
+                        "data",
+                        f"is {len(payload):,} bytes; the limit is {self.max_event_bytes:,}",
+                    )
                 )
                 continue
             if b"\\u0000" in payload:
-                errors.append(FieldError(index, f"data.{_nul_path(data)}", "contains a NUL character"))
+                errors.append(
+                    FieldError(index, f"data.{_nul_path(data)}", "contains a NUL character")
+                )
                 continue
             metadata = model.metadata.model_dump(mode="json", exclude_none=True)
-            event_type: str = getattr(model, "type")
+            event_type: str = model.type
             prepared.append(
                 _Prepared(
                     stream_id=stream_id,
@@ -356,7 +372,7 @@ class Store:
                         event_id=model.id,
                         stream_id=stream_id,
                         type=event_type,
-                        schema_version=getattr(model, "schema_version"),
+                        schema_version=model.schema_version,
                         occurred_at=model.occurred_at,
                         data=data,
                     ),
@@ -369,7 +385,9 @@ class Store:
 
     # Reading ----------------------------------------------------------------------
 
-    def read_stream(self, stream_id: str, from_version: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    def read_stream(
+        self, stream_id: str, from_version: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
         """A stream's events in version order, from ``from_version`` (inclusive)."""
         with self.pool.connection() as conn:
             rows = conn.execute(
@@ -511,7 +529,7 @@ class Store:
 
     @contextlib.contextmanager
     def _listener(self) -> Iterator[_Listener]:
-        listener = _Listener(self.pool.conninfo, self.notify_channel)
+        listener = _Listener(_conninfo(self.pool), self.notify_channel)
         try:
             yield listener
         finally:
@@ -558,8 +576,8 @@ def _call_append(
         "stream_index": [index[p.stream_id] for p in prepared],
         "event_streams": [p.stream_id for p in prepared],
         "event_ids": [p.event.id for p in prepared],
-        "types": [getattr(p.event, "type") for p in prepared],
-        "schema_versions": [getattr(p.event, "schema_version") for p in prepared],
+        "types": [p.event.type for p in prepared],
+        "schema_versions": [p.event.schema_version for p in prepared],
         "occurred_at": [p.event.occurred_at for p in prepared],
         "payloads": [p.payload for p in prepared],
         "metadata": [p.metadata for p in prepared],
@@ -597,7 +615,9 @@ def _translate(exc: psycopg.Error) -> Exception:
         )
     if exc.sqlstate == "ISI01":
         return IdempotencyConflict(UUID(exc.diag.message_detail or ""))
-    if isinstance(exc, pg_errors.UniqueViolation | pg_errors.DeadlockDetected | pg_errors.SerializationFailure):
+    if isinstance(
+        exc, pg_errors.UniqueViolation | pg_errors.DeadlockDetected | pg_errors.SerializationFailure
+    ):
         # The same event ids raced into another stream, or lock order crossed: retry.
         return _Retry(str(exc))
     return DatabaseError(f"append failed: {exc.diag.message_primary or exc}")
@@ -614,16 +634,28 @@ def _encode_expected(expected: ExpectedVersion) -> int | None:
 
 
 def _valid_stream_id(stream_id: str) -> bool:
-    return 0 < len(stream_id) <= _STREAM_ID_MAX and stream_id.isprintable() and not any(
-        c.isspace() for c in stream_id
+    return (
+        0 < len(stream_id) <= _STREAM_ID_MAX
+        and stream_id.isprintable()
+        and not any(c.isspace() for c in stream_id)
     )
+
+
+def _conninfo(pool: ConnectionPool[Any]) -> str:
+    return pool.conninfo if isinstance(pool.conninfo, str) else pool.conninfo()
 
 
 def _nul_path(value: Any, path: str = "") -> str:
     """The dotted path of the first string holding a NUL character."""
     if isinstance(value, str):
         return path if "\x00" in value else ""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
     for key, item in items:
         found = _nul_path(item, f"{path}.{key}" if path else str(key))
         if found:
@@ -670,7 +702,7 @@ class _Notifier:
     global lock at every commit) and at most one at a time, carrying the newest position.
     """
 
-    def __init__(self, pool: ConnectionPool, channel: str) -> None:
+    def __init__(self, pool: ConnectionPool[Any], channel: str) -> None:
         self._pool = pool
         self._channel = channel
         self._pending = threading.Event()
@@ -715,8 +747,10 @@ class _Notifier:
     def _send(self, position: int) -> None:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._pool.conninfo, autocommit=True)
-            self._conn.execute(query("notify"), {"channel": self._channel, "payload": str(position)})
+                self._conn = psycopg.connect(_conninfo(self._pool), autocommit=True)
+            self._conn.execute(
+                query("notify"), {"channel": self._channel, "payload": str(position)}
+            )
         except psycopg.Error as exc:  # readers poll too: a lost wake-up costs latency only
             log.warning("wake-up NOTIFY failed: %s", exc)
             if self._conn is not None:

@@ -11,7 +11,9 @@ import psycopg
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
-def sms(n: int = 0, *, text: str | None = None, phone: str = "+14155550100", **data: Any) -> dict[str, Any]:
+def sms(
+    n: int = 0, *, text: str | None = None, phone: str = "+14155550100", **data: Any
+) -> dict[str, Any]:
     return {
         "id": str(uuid4()),
         "type": "sms.received",

@@ -141,7 +141,9 @@ def verify_chain(stream_id: str, rows: Iterable[ChainRow]) -> ChainReport:
 
     def broken(row: ChainRow | None, version: int, reason: str) -> ChainReport:
         position = row.position if row is not None else None
-        return ChainReport(stream_id, checked, prev, ChainBreak(stream_id, version, position, reason))
+        return ChainReport(
+            stream_id, checked, prev, ChainBreak(stream_id, version, position, reason)
+        )
 
     for row in rows:
         if row.stream_version != expected_version:
@@ -158,9 +160,13 @@ def verify_chain(stream_id: str, rows: Iterable[ChainRow]) -> ChainReport:
         )
         if digest != row.content_digest:
             return broken(row, row.stream_version, "content differs from its digest")
-        link = link_hash(prev, digest, metadata_digest(row.metadata), row.stream_version, row.recorded_at)
+        link = link_hash(
+            prev, digest, metadata_digest(row.metadata), row.stream_version, row.recorded_at
+        )
         if link != row.hash:
-            return broken(row, row.stream_version, "hash does not match the event and its predecessor")
+            return broken(
+                row, row.stream_version, "hash does not match the event and its predecessor"
+            )
         prev = link
         expected_version += 1
         checked += 1

@@ -19,11 +19,62 @@ __all__ = ["Customer", "customers", "generate"]
 
 START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 
-_FIRST = ("Ada Ben Chloe Dev Elena Farid Grace Hiro Ines Jamal Kofi Lena Mateo Nadia Omar "
-          "Priya Quinn Rosa Sven Tariq Uma Viktor Wen Xavier Yara Zoe").split()
-_LAST = ("Adams Baker Chen Diallo Evans Fischer Garcia Hughes Ito Jensen Kowalski Lopez "
-         "Moreau Nguyen Okafor Patel Quist Rossi Silva Tanaka Ueda Varga Weber Young Zhang").split()
-_AREAS = ("212 305 312 415 503 617 628 702 718 805 917").split()
+_FIRST = [
+    "Ada",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jamal",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Uma",
+    "Viktor",
+    "Wen",
+    "Xavier",
+    "Yara",
+    "Zoe",
+]
+_LAST = [
+    "Adams",
+    "Baker",
+    "Chen",
+    "Diallo",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Hughes",
+    "Ito",
+    "Jensen",
+    "Kowalski",
+    "Lopez",
+    "Moreau",
+    "Nguyen",
+    "Okafor",
+    "Patel",
+    "Quist",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Ueda",
+    "Varga",
+    "Weber",
+    "Young",
+    "Zhang",
+]
+_AREAS = ["212", "305", "312", "415", "503", "617", "628", "702", "718", "805", "917"]
 _TIERS = (("enterprise", 0.05), ("business", 0.25), ("consumer", 0.70))
 _BROWSERS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
@@ -58,14 +109,14 @@ _TOPICS = {
         "does the offer in your advert apply to business accounts",
     ),
 }
-_FILLER = (
-    "This is not the first time this has happened and I would appreciate a quick answer. "
-    "I have tried the help centre and the automated assistant without success. "
-    "Please call me back or reply to this message with a reference I can quote. "
-    "We have been customers for several years and value the service, but this needs fixing. "
-    "Our finance team needs the corrected figures before the end of the week. "
-    "Thank you in advance for looking into it."
-).split(". ")
+_FILLER = [
+    "This is not the first time this has happened and I would appreciate a quick answer",
+    "I have tried the help centre and the automated assistant without success",
+    "Please call me back or reply to this message with a reference I can quote",
+    "We have been customers for several years and value the service, but this needs fixing",
+    "Our finance team needs the corrected figures before the end of the week",
+    "Thank you in advance for looking into it.",
+]
 _AGENT_LINES = (
     "Thank you for getting in touch, I have looked into {ref} and corrected it.",
     "I am sorry for the trouble. I have escalated {ref} to our logistics team.",
@@ -149,8 +200,7 @@ def generate(
         low, high = _CHANNELS[channel][1]
         length = min(rng.randint(low, high), count - produced)
         clock += timedelta(seconds=rng.expovariate(1 / 90))
-        for event in _conversation(rng, person, channel, length, clock):
-            yield event
+        yield from _conversation(rng, person, channel, length, clock)
         produced += length
 
 
@@ -182,7 +232,7 @@ def _registered(person: Customer, when: datetime, rng: random.Random) -> dict[st
 def _text(rng: random.Random, topic: str, sentences: int) -> str:
     ref = f"{rng.choice('ABCDEFGH')}{rng.randint(10000, 99999)}"
     opening = rng.choice(_TOPICS[topic]).format(ref=ref, n=rng.randint(2, 60), m=rng.randint(1, 20))
-    body = [opening[0].upper() + opening[1:]] + rng.sample(_FILLER, k=min(sentences, len(_FILLER)))
+    body = [opening[0].upper() + opening[1:], *rng.sample(_FILLER, k=min(sentences, len(_FILLER)))]
     return ". ".join(s.rstrip(".") for s in body) + "."
 
 
@@ -196,7 +246,9 @@ def _conversation(
     when = start
     for turn in range(length):
         inbound = turn % 2 == 0
-        when += timedelta(seconds=rng.expovariate(1 / {"email": 7200, "voice": 86400}.get(channel, 60)))
+        when += timedelta(
+            seconds=rng.expovariate(1 / {"email": 7200, "voice": 86400}.get(channel, 60))
+        )
         external_id = f"{channel}-{rng.getrandbits(80):020x}"
         data: dict[str, Any] = {
             "direction": "inbound" if inbound else "outbound",
@@ -224,11 +276,17 @@ def _conversation(
             }
             if inbound and rng.random() < 0.2:
                 data["attachments"] = [
-                    {"name": "screenshot.png", "content_type": "image/png", "size": rng.randint(20_000, 900_000)}
+                    {
+                        "name": "screenshot.png",
+                        "content_type": "image/png",
+                        "size": rng.randint(20_000, 900_000),
+                    }
                 ]
         elif channel == "voice":
             event_type = "call.completed"
-            status = rng.choices(["answered", "missed", "voicemail", "abandoned"], [0.7, 0.1, 0.1, 0.1])[0]
+            status = rng.choices(
+                ["answered", "missed", "voicemail", "abandoned"], [0.7, 0.1, 0.1, 0.1]
+            )[0]
             data |= {
                 "contact": {"kind": "phone", "value": person.phone},
                 "status": status,
@@ -236,8 +294,10 @@ def _conversation(
             }
             if status == "answered":
                 data["agent_id"] = agent
-                data["transcript"] = f"Customer: {_text(rng, topic, 4)} Agent: {rng.choice(_AGENT_LINES)}".format(
-                    ref=conversation_id[-6:]
+                data["transcript"] = (
+                    f"Customer: {_text(rng, topic, 4)} Agent: {rng.choice(_AGENT_LINES)}".format(
+                        ref=conversation_id[-6:]
+                    )
                 )
                 data["recording_url"] = f"https://recordings.support.example/{external_id}.wav"
         elif channel == "chat":
@@ -276,7 +336,9 @@ def _conversation(
                 "text": line[:280],
                 "attributes": {
                     "lang": "en",
-                    "source": rng.choice(("Twitter for iPhone", "Twitter for Android", "Twitter Web App")),
+                    "source": rng.choice(
+                        ("Twitter for iPhone", "Twitter for Android", "Twitter Web App")
+                    ),
                     "author_id": str(rng.getrandbits(60)),
                     "followers_count": int(rng.paretovariate(1.2) * 50),
                 },

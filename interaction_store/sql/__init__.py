@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 __all__ = ["query"]
 
@@ -22,4 +22,4 @@ def _queries() -> dict[str, str]:
 
 def query(name: str) -> LiteralString:
     """The SQL text of the named query."""
-    return cast(LiteralString, _queries()[name])
+    return _queries()[name]  # mypy reads LiteralString as str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -72,7 +73,7 @@ def test_writers_and_followers_agree_on_every_acknowledged_event(store: Store) -
     for seen, checkpoints in readings:
         assert len(seen) == len(set(seen)), "a reader saw an event twice"
         assert set(seen) == acknowledged, "a reader missed an acknowledged event"
-        assert all(a < b for a, b in zip(checkpoints, checkpoints[1:], strict=False)), (
+        assert all(a < b for a, b in itertools.pairwise(checkpoints)), (
             "a reader's checkpoint went backwards"
         )
 
@@ -119,7 +120,9 @@ def test_concurrent_identical_appends_store_exactly_one(store: Store, database_u
     assert count_events(database_url) == 5
 
 
-def test_concurrent_appends_of_one_event_to_different_streams(store: Store, database_url: str) -> None:
+def test_concurrent_appends_of_one_event_to_different_streams(
+    store: Store, database_url: str
+) -> None:
     event = sms(1)
     outcomes = run_together(6, lambda i: store.append(f"s-{i}", [event]))
     successes = [o for o in outcomes if not isinstance(o, Exception)]
@@ -128,11 +131,15 @@ def test_concurrent_appends_of_one_event_to_different_streams(store: Store, data
     assert count_events(database_url) == 1
 
 
-def test_racing_writers_with_the_same_expected_version_one_wins(store: Store, database_url: str) -> None:
+def test_racing_writers_with_the_same_expected_version_one_wins(
+    store: Store, database_url: str
+) -> None:
     store.append("s-1", [sms(0)])
     outcomes = run_together(8, lambda i: store.append("s-1", [sms(i + 1)], expected_version=1))
     winners = [o for o in outcomes if not isinstance(o, Exception)]
     assert len(winners) == 1
-    assert all(isinstance(o, ConcurrencyError) and o.actual == 2 for o in outcomes if o not in winners)
+    assert all(
+        isinstance(o, ConcurrencyError) and o.actual == 2 for o in outcomes if o not in winners
+    )
     assert store.stream_version("s-1") == 2
     assert count_events(database_url) == 2

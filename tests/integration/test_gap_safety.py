@@ -89,7 +89,9 @@ def test_many_readers_interleaved_with_a_held_transaction_see_each_event_once(st
     assert len({e.event_id for e in rest}) == 22
 
 
-def test_a_foreign_idle_writing_transaction_holds_readers_back(store: Store, database_url: str) -> None:
+def test_a_foreign_idle_writing_transaction_holds_readers_back(
+    store: Store, database_url: str
+) -> None:
     """The watermark waits for any writing transaction in the database (see DESIGN.md)."""
     with psycopg.connect(database_url) as foreign:
         foreign.execute("CREATE TEMP TABLE scratch (x int)")
@@ -100,7 +102,9 @@ def test_a_foreign_idle_writing_transaction_holds_readers_back(store: Store, dat
     assert [e.position for e in store.read_all()] == [appended.position]
 
 
-def test_an_idle_read_only_transaction_does_not_hold_readers_back(store: Store, database_url: str) -> None:
+def test_an_idle_read_only_transaction_does_not_hold_readers_back(
+    store: Store, database_url: str
+) -> None:
     with psycopg.connect(database_url) as reader:
         reader.execute("SELECT count(*) FROM events")  # idle in transaction, no xid
         appended = store.append("s-1", [sms(1)])

@@ -48,7 +48,9 @@ def test_append_then_read_round_trips_every_field(store: Store) -> None:
 
 def test_read_stream_from_version_and_limit(store: Store) -> None:
     store.append("conversation-a", [sms(i) for i in range(10)])
-    assert [e.stream_version for e in store.read_stream("conversation-a", from_version=4, limit=3)] == [4, 5, 6]
+    assert [
+        e.stream_version for e in store.read_stream("conversation-a", from_version=4, limit=3)
+    ] == [4, 5, 6]
     assert store.read_stream("conversation-missing") == []
     assert store.stream_version("conversation-a") == 10
     assert store.stream_version("conversation-missing") == 0
@@ -62,7 +64,8 @@ def test_expected_version_exact_no_stream_and_any(store: Store) -> None:
     with pytest.raises(ConcurrencyError) as stale:
         store.append("s-1", [sms(4)], expected_version=1)
     assert (stale.value.stream_id, stale.value.expected, stale.value.actual) == ("s-1", 1, 3)
-    assert "'s-1'" in str(stale.value) and "version 3" in str(stale.value)
+    assert "'s-1'" in str(stale.value)
+    assert "version 3" in str(stale.value)
 
     with pytest.raises(ConcurrencyError) as exists:
         store.append("s-1", [sms(5)], expected_version=NO_STREAM)
@@ -143,7 +146,9 @@ def test_a_batch_is_atomic_across_streams(store: Store, database_url: str) -> No
     assert count_events(database_url) == 1
     assert store.stream_version("s-1") == 0
 
-    result = store.append_many([StreamAppend("s-1", [sms(1)], NO_STREAM), StreamAppend("s-2", [sms(3)], 1)])
+    result = store.append_many(
+        [StreamAppend("s-1", [sms(1)], NO_STREAM), StreamAppend("s-2", [sms(3)], 1)]
+    )
     assert {e.stream_id: e.stream_version for e in result.events} == {"s-1": 1, "s-2": 2}
 
 
@@ -152,7 +157,11 @@ def test_append_batch_derives_streams_from_the_data(store: Store) -> None:
         [
             sms(1, conversation_id="c-42"),
             email(1, thread_key="<root@mail>"),
-            {"type": "customer.registered", "occurred_at": T0.isoformat(), "data": {"customer_id": "cu-1", "name": "Alice"}},
+            {
+                "type": "customer.registered",
+                "occurred_at": T0.isoformat(),
+                "data": {"customer_id": "cu-1", "name": "Alice"},
+            },
         ]
     )
     streams = [e.stream_id for e in result.events]
@@ -165,10 +174,14 @@ def test_append_batch_derives_streams_from_the_data(store: Store) -> None:
 
 
 def test_transaction_commits_all_appends_or_none(store: Store, database_url: str) -> None:
-    with pytest.raises(RuntimeError), store.transaction() as tx:
-        tx.append("s-1", [sms(1)])
-        tx.append("s-2", [sms(2)])
-        raise RuntimeError("abandon")
+    def abandoned_transaction() -> None:
+        with store.transaction() as tx:
+            tx.append("s-1", [sms(1)])
+            tx.append("s-2", [sms(2)])
+            raise RuntimeError("abandon")
+
+    with pytest.raises(RuntimeError):
+        abandoned_transaction()
     assert count_events(database_url) == 0
 
     with store.transaction() as tx:
@@ -181,7 +194,8 @@ def test_hash_chain_verifies_and_detects_a_changed_payload(store: Store, databas
     store.append("s-1", [sms(i) for i in range(5)])
     store.append("s-1", [sms(5)])
     report = store.verify_stream("s-1")
-    assert report.ok and report.checked == 6
+    assert report.ok
+    assert report.checked == 6
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")  # bypass the append-only guard
@@ -232,20 +246,51 @@ def test_checkpoint_string_form_round_trips() -> None:
 @pytest.mark.parametrize(
     ("event", "field", "reason"),
     [
-        ({"type": "fax.received", "occurred_at": T0.isoformat(), "data": {}}, "type", "unknown event type"),
+        (
+            {"type": "fax.received", "occurred_at": T0.isoformat(), "data": {}},
+            "type",
+            "unknown event type",
+        ),
         ({"occurred_at": T0.isoformat(), "data": {}}, "type", "missing"),
-        ({**sms(1), "data": {"text": "hi", "external_id": "x"}}, "data.contact", "required field is missing"),
+        (
+            {**sms(1), "data": {"text": "hi", "external_id": "x"}},
+            "data.contact",
+            "required field is missing",
+        ),
         ({**sms(1), "occurred_at": "yesterday"}, "occurred_at", "datetime"),
         ({**sms(1), "occurred_at": "2026-11-02T09:00:00"}, "occurred_at", "timezone"),
         ({**sms(1), "data": {**sms(1)["data"], "text": 42}}, "data.text", "valid string"),
-        ({**sms(1), "data": {**sms(1)["data"], "contact": "phone:call me"}}, "data.contact.value", "phone number"),
-        ({**sms(1), "data": {**sms(1)["data"], "contact": "fax:123"}}, "data.contact.kind", "Input should be"),
+        (
+            {**sms(1), "data": {**sms(1)["data"], "contact": "phone:call me"}},
+            "data.contact.value",
+            "phone number",
+        ),
+        (
+            {**sms(1), "data": {**sms(1)["data"], "contact": "fax:123"}},
+            "data.contact.kind",
+            "Input should be",
+        ),
         ({**sms(1), "data": {**sms(1)["data"], "colour": "red"}}, "data.colour", "unknown field"),
         ({**sms(1), "data": {**sms(1)["data"], "text": "a\x00b"}}, "data.text", "NUL"),
-        ({**sms(1), "data": {**sms(1)["data"], "text": "x" * (1024 * 1024 + 1)}}, "data", "limit is 1,048,576"),
+        (
+            {**sms(1), "data": {**sms(1)["data"], "text": "x" * (1024 * 1024 + 1)}},
+            "data",
+            "limit is 1,048,576",
+        ),
     ],
-    ids=["unknown-type", "no-type", "missing-field", "bad-time", "naive-time", "wrong-type",
-         "bad-phone", "bad-contact-kind", "unknown-field", "nul", "oversized"],
+    ids=[
+        "unknown-type",
+        "no-type",
+        "missing-field",
+        "bad-time",
+        "naive-time",
+        "wrong-type",
+        "bad-phone",
+        "bad-contact-kind",
+        "unknown-field",
+        "nul",
+        "oversized",
+    ],
 )
 def test_bad_events_name_index_field_and_reason_and_write_nothing(
     store: Store, database_url: str, event: dict[str, object], field: str, reason: str
@@ -260,7 +305,9 @@ def test_bad_events_name_index_field_and_reason_and_write_nothing(
 
 def test_duplicate_ids_within_a_batch_are_refused(store: Store, database_url: str) -> None:
     event = sms(1)
-    with pytest.raises(EventValidationError, match=r"events\[1\].id: repeats the id of events\[0\]"):
+    with pytest.raises(
+        EventValidationError, match=r"events\[1\].id: repeats the id of events\[0\]"
+    ):
         store.append("s-1", [event, event])
     assert count_events(database_url) == 0
 

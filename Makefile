@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a machine with Python 3.11+:
+#   make run    create .venv, install, start the embedded PostgreSQL, migrate, load the demo, tail the log
+#   make test   the same bootstrap, then lint, types and the whole test suite
+# Set INTERACTION_STORE_DATABASE_URL to use a PostgreSQL server of your own instead.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CLI    := $(BIN)/interaction-store
+
+.PHONY: run test lint typecheck pytest schemas bench clean help
+
+help:
+	@echo "make run      start the store on the embedded PostgreSQL with the demo data"
+	@echo "make test     lint, type-check and run the whole test suite"
+	@echo "make schemas  regenerate schemas/ from the event models"
+	@echo "make bench    run the append benchmark (bench/append.py)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.x")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(CLI) migrate
+	$(CLI) demo --if-empty
+	@echo "Following the log (Ctrl-C stops; the embedded server stops with it)."
+	$(CLI) tail --follow
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+schemas: $(STAMP)
+	$(BIN)/python -m interaction_store.schemas
+
+bench: $(STAMP)
+	$(BIN)/python bench/append.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
