@@ -2,7 +2,8 @@
 
 It runs from the ``pgserver`` wheel (PostgreSQL 16) in ``<data_dir>/pgdata``, listens on a
 Unix socket in that folder only, and is shared by every process that opens it: the last
-process to let go stops it, unless it was started with ``keep_running``.
+process to let go stops it, unless ``start(keep_running=True)`` (``db start``) left a
+``keep-running`` marker in the data folder, which ``stop()`` removes.
 """
 
 from __future__ import annotations
@@ -38,17 +39,21 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.pgdata = self.data_dir / "pgdata"
+        self.keep_running_marker = self.data_dir / "keep-running"
         self._server: Any = None
 
     def start(self, *, keep_running: bool = False) -> str:
         """Start the server (or join the running one) and return its connection URL."""
         pgserver = _pgserver()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if keep_running:
+            self.keep_running_marker.touch()
+        keep = self.keep_running_marker.exists()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._server = pgserver.get_server(
-                    self.pgdata, cleanup_mode=None if keep_running else "stop"
+                    self.pgdata, cleanup_mode=None if keep else "stop"
                 )
         except Exception as exc:
             log_file = self.pgdata / "log"
@@ -82,6 +87,7 @@ class EmbeddedPostgres:
 
     def stop(self, *, force: bool = False) -> bool:
         """Stop a running server. Without ``force``, only when no other process uses it."""
+        self.keep_running_marker.unlink(missing_ok=True)
         if self.running_url() is None:
             return False
         if self.users() and not force:

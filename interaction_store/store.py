@@ -32,6 +32,7 @@ from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool
 
 from interaction_store.audit.chain import (
+    ZERO_HASH,
     ChainReport,
     ChainRow,
     content_digest,
@@ -482,11 +483,13 @@ class Store:
                 delay = min(delay * 2, 0.25)
 
     def verify_stream(self, stream_id: str) -> ChainReport:
-        """Recompute a stream's hash chain from its stored rows."""
-        with self.pool.connection() as conn:
+        """Recompute a stream's hash chain from its stored rows and check it reaches the
+        stream's recorded head."""
+        with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 query("read_stream"), {"stream_id": stream_id, "from_version": 0, "limit": None}
             ).fetchall()
+            head = conn.execute(query("stream_head"), {"stream_id": stream_id}).fetchone()
         return verify_chain(
             stream_id,
             (
@@ -507,6 +510,7 @@ class Store:
                 )
                 for r in rows
             ),
+            head=(head[0], head[1]) if head else (0, ZERO_HASH),
         )
 
     def _recorded(self, row: Sequence[Any]) -> RecordedEvent:

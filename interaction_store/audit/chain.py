@@ -133,8 +133,14 @@ class ChainReport:
         return self.broken is None
 
 
-def verify_chain(stream_id: str, rows: Iterable[ChainRow]) -> ChainReport:
-    """Recompute a stream's chain from its rows (in stream order) and report the first break."""
+def verify_chain(
+    stream_id: str, rows: Iterable[ChainRow], head: tuple[int, bytes] | None = None
+) -> ChainReport:
+    """Recompute a stream's chain from its rows (in stream order) and report the first break.
+
+    ``head`` is the stream's recorded (version, last hash), kept beside the log at each
+    append; without it a deleted tail would leave a chain that still holds.
+    """
     prev = ZERO_HASH
     expected_version = 1
     checked = 0
@@ -170,4 +176,14 @@ def verify_chain(stream_id: str, rows: Iterable[ChainRow]) -> ChainReport:
         prev = link
         expected_version += 1
         checked += 1
+    if head is not None:
+        head_version, head_hash = head
+        if head_version != checked:
+            return broken(
+                None,
+                checked + 1,
+                f"the stream's head is version {head_version}; the log ends at {checked}",
+            )
+        if head_hash != prev:
+            return broken(None, checked, "the stream's recorded head hash differs from the log's")
     return ChainReport(stream_id, checked, prev, None)

@@ -48,5 +48,8 @@ SELECT transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 -- name: stream_version --
 SELECT version FROM streams WHERE stream_id = %(stream_id)s
 
+-- name: stream_head --
+SELECT version, last_hash FROM streams WHERE stream_id = %(stream_id)s
+
 -- name: notify --
 SELECT pg_notify(%(channel)s, %(payload)s)

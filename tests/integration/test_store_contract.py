@@ -339,3 +339,13 @@ def test_ids_are_uuids_and_stored_as_given(store: Store) -> None:
     event_id = uuid4()
     result = store.append("s-1", [{**sms(1), "id": str(event_id)}])
     assert result.events[0].event_id == event_id
+
+
+def test_hash_chain_detects_a_deleted_tail(store: Store, database_url: str) -> None:
+    store.append("s-1", [sms(i) for i in range(3)])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM events WHERE stream_id = 's-1' AND stream_version = 3")
+    report = store.verify_stream("s-1")
+    assert report.broken is not None
+    assert report.broken.stream_version == 3

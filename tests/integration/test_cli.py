@@ -1,0 +1,109 @@
+"""The command line against a real database (in-process through click's runner)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from interaction_store.cli import cli
+from interaction_store.demo import generate, story
+from tests.helpers import count_events, sms
+
+
+@pytest.fixture
+def run(database_url: str) -> object:
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | bytes | None = None) -> object:
+        return runner.invoke(cli, ["--database-url", database_url, *args], input=input)
+
+    return invoke
+
+
+def ndjson(events: list[dict[str, object]]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in events)
+
+
+def test_append_from_a_file_then_again_counts_already_present(run, database_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(ndjson(list(generate(1200, seed=2))))
+
+    first = run("append", str(path), "--batch-size", "250")
+    assert first.exit_code == 0, first.output
+    assert "appended 1200, already present 0, rejected 0" in first.output
+    again = run("append", str(path))
+    assert "appended 0, already present 1200, rejected 0" in again.output
+    assert count_events(database_url) == 1200
+
+
+def test_append_from_stdin_reports_bad_lines_and_keeps_the_good(run, database_url) -> None:  # type: ignore[no-untyped-def]
+    good = [sms(i) for i in range(3)]
+    lines = ndjson(good[:1]) + b"{not json\n" + ndjson(good[1:2])
+    lines += (
+        orjson.dumps({"type": "fax.received", "occurred_at": "2026-01-01T00:00:00Z", "data": {}})
+        + b"\n"
+    )
+    lines += b"\n" + ndjson(good[2:])
+    result = run("append", "-", input=lines)
+
+    assert result.exit_code == 1
+    assert "appended 3, already present 0, rejected 2" in result.output
+    assert "line 2: malformed JSON" in result.output
+    assert "line 4: type: unknown event type 'fax.received'" in result.output
+    assert count_events(database_url) == 3
+
+
+def test_append_reports_a_conflicting_line_and_appends_the_rest(run, database_url) -> None:  # type: ignore[no-untyped-def]
+    original = sms(1, text="original")
+    assert run("append", "-", input=ndjson([original])).exit_code == 0
+    changed = {**original, "data": {**original["data"], "text": "changed"}}
+    result = run("append", "-", input=ndjson([sms(2), changed, sms(3)]))
+    assert result.exit_code == 1
+    assert "appended 2, already present 0, rejected 1" in result.output
+    assert "line 2: event" in result.output
+    assert "different content" in result.output
+    assert count_events(database_url) == 3
+
+
+def test_demo_loads_the_story_once(run, database_url) -> None:  # type: ignore[no-untyped-def]
+    assert run("demo").exit_code == 0
+    assert count_events(database_url) == len(story())
+    second = run("demo", "--if-empty")
+    assert "nothing loaded" in second.output
+    assert count_events(database_url) == len(story())
+    synthetic = run("demo", "--synthetic", "100", "--seed", "3")
+    assert "synthetic: appended" in synthetic.output
+    assert count_events(database_url) > len(story()) + 100  # plus the customers
+
+
+def test_tail_prints_one_line_per_event_and_filters(run) -> None:  # type: ignore[no-untyped-def]
+    run("demo")
+    lines = run("tail").output.splitlines()
+    assert len(lines) == len(story())
+    assert "email.received" in lines[1]
+    assert "margaret.chen@northwind.example" in lines[1]
+    calls = run("tail", "--type", "call.completed", "--json").output.splitlines()
+    assert [orjson.loads(line)["type"] for line in calls] == ["call.completed", "call.completed"]
+    resumed = run("tail", "--after", orjson.loads(calls[0])["checkpoint"], "--limit", "2").output
+    assert len(resumed.splitlines()) == 2
+    assert run("tail", "--from-position", "9999").exit_code != 0
+
+
+def test_generate_writes_ndjson(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("generate", "5", "--seed", "1")
+    assert [orjson.loads(line)["id"] for line in result.output.splitlines()] == [
+        e["id"] for e in generate(5, seed=1)
+    ]
+
+
+def test_migrate_and_db_url_with_a_configured_database(run, database_url) -> None:  # type: ignore[no-untyped-def]
+    assert "0001_events -> 0001_events" in run("migrate").output
+    assert run("db", "url").output.strip() == database_url
+    assert "configured" in run("db", "status").output
+
+
+def test_help_teaches(run) -> None:  # type: ignore[no-untyped-def]
+    text = run("append", "--help").output
+    assert "NDJSON" in text
+    assert "interaction-store generate 1000 | interaction-store append -" in text

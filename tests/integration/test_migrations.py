@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import psycopg
+
+from interaction_store.db import current_revision, downgrade, migrate
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_database_url: str) -> None:
+    url = empty_database_url
+    assert current_revision(url) is None
+    assert tables(url) == set()
+
+    migrate(url)
+    assert current_revision(url) == "0001_events"
+    assert {"events", "streams"} <= tables(url)
+
+    downgrade(url, "base")
+    assert current_revision(url) is None
+    assert tables(url) == set()
+    with psycopg.connect(url) as conn:
+        functions = conn.execute(
+            "SELECT proname FROM pg_proc WHERE proname IN ('append_events', 'events_are_append_only')"
+        ).fetchall()
+    assert functions == []
+
+    migrate(url)
+    assert current_revision(url) == "0001_events"
+
+
+def test_migrating_twice_is_a_no_op(database_url: str) -> None:
+    migrate(database_url)
+    assert current_revision(database_url) == "0001_events"

@@ -1,0 +1,92 @@
+"""NOTIFY wake-ups after commit, read-your-writes, and following the log."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from interaction_store import Checkpoint
+from interaction_store.store import RecordedEvent, Store
+from tests.helpers import sms
+
+
+def test_an_append_sends_one_coalesced_notification_after_commit(
+    store: Store, database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {store.notify_channel}")
+        result = store.append("s-1", [sms(1)])
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.payload for n in notes] == [str(result.position)]
+
+
+def test_a_burst_of_appends_is_coalesced(store: Store, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {store.notify_channel}")
+        threads = [
+            threading.Thread(target=store.append, args=(f"s-{i}", [sms(i)])) for i in range(40)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        store.close()  # flushes the last pending wake-up
+        notes = list(listener.notifies(timeout=0.5))
+    assert 1 <= len(notes) < 40
+    assert max(int(n.payload) for n in notes) == store.head()
+
+
+def test_wait_for_returns_once_the_position_is_readable(store: Store) -> None:
+    result = store.append("s-1", [sms(1)])
+    assert store.wait_for(result.position, timeout=2)
+    assert not store.wait_for(result.position + 100, timeout=0.1)
+
+
+def test_follow_is_woken_promptly_and_polls_when_no_notification_comes(store: Store) -> None:
+    received: list[RecordedEvent] = []
+    stop = threading.Event()
+    arrived = threading.Event()
+
+    def follow() -> None:
+        for event in store.follow(Checkpoint.START, poll_interval=30, stop=stop):
+            received.append(event)
+            arrived.set()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.2)  # let it reach its wait
+    started = time.monotonic()
+    store.append("s-1", [sms(1)])
+    assert arrived.wait(5), "a follower with a 30 s poll interval was not woken"
+    assert time.monotonic() - started < 5
+    stop.set()
+    store.append("s-1", [sms(2)])  # wakes the follower so it sees stop
+    thread.join(10)
+    assert not thread.is_alive()
+    assert received[0].data["text"] == "message 1"
+
+
+def test_a_lost_notification_costs_latency_not_events(pool: object, store: Store) -> None:
+    """A store whose wake-ups go to another channel: the follower still gets every event."""
+    from psycopg_pool import ConnectionPool
+
+    assert isinstance(pool, ConnectionPool)
+    deaf = Store(pool, notify_channel="nobody_listens")
+    received: list[RecordedEvent] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        for event in store.follow(poll_interval=0.1, stop=stop):
+            received.append(event)
+            if len(received) == 3:
+                stop.set()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    for i in range(3):
+        deaf.append("s-1", [sms(i)])
+    thread.join(10)
+    deaf.close()
+    assert [e.stream_version for e in received] == [1, 2, 3]
