@@ -8,7 +8,8 @@ from interaction_store.db import current_revision, downgrade, migrate
 def tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            "SELECT tablename FROM pg_tables"
+            " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
         ).fetchall()
     return {row[0] for row in rows}
 
@@ -27,7 +28,8 @@ def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_database_url: str)
     assert tables(url) == set()
     with psycopg.connect(url) as conn:
         functions = conn.execute(
-            "SELECT proname FROM pg_proc WHERE proname IN ('append_events', 'events_are_append_only')"
+            "SELECT proname FROM pg_proc"
+            " WHERE proname IN ('append_events', 'events_are_append_only')"
         ).fetchall()
     assert functions == []
 
