@@ -8,6 +8,7 @@ in ``.interaction-store/`` (started on demand, stopped when the command ends unl
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -76,11 +77,18 @@ def cli(ctx: click.Context, database_url: str | None, data_dir: Path | None) -> 
 
 
 def main() -> None:
+    # A service manager stops us with SIGTERM: unwind like Ctrl-C, so an embedded server
+    # this process started is stopped too.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli(standalone_mode=True)
     except InteractionStoreError as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # migrate ------------------------------------------------------------------------------

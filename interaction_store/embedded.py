@@ -49,6 +49,7 @@ class EmbeddedPostgres:
         if keep_running:
             self.keep_running_marker.touch()
         keep = self.keep_running_marker.exists()
+        self._forget_dead_users(pgserver)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -62,6 +63,17 @@ class EmbeddedPostgres:
                 + (f" (see {log_file})" if log_file.exists() else "")
             ) from exc
         return str(self._server.get_uri())
+
+    def _forget_dead_users(self, pgserver: Any) -> None:
+        """Drop the pids of processes that died without letting go (kill -9, a crash):
+        pgserver counts them as users forever, and the server would never stop."""
+        handles = self.pgdata / ".handle_pids.json"
+        if not handles.exists():
+            return
+        with pgserver.PostgresServer._lock:
+            pids = pgserver.utils.DiskList(handles)
+            alive = [pid for pid in pids.get() if _alive(pid)]
+            pids.put(alive)
 
     def release(self) -> None:
         """Let go of the server; it stops if this was the last process using it."""
@@ -83,7 +95,7 @@ class EmbeddedPostgres:
         """Process ids currently holding the server open."""
         pgserver = _pgserver()
         pids = pgserver.utils.DiskList(self.pgdata / ".handle_pids.json").get()
-        return [pid for pid in pids if pid != os.getpid()]
+        return [pid for pid in pids if pid != os.getpid() and _alive(pid)]
 
     def stop(self, *, force: bool = False) -> bool:
         """Stop a running server. Without ``force``, only when no other process uses it."""
@@ -102,6 +114,16 @@ class EmbeddedPostgres:
         except Exception as exc:
             raise EmbeddedServerError(f"could not stop the embedded server: {exc}") from exc
         return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

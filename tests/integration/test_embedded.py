@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,40 @@ def test_db_start_keeps_it_running_until_db_stop(data_dir: Path) -> None:
     assert "stopped" in stopped.stdout
     assert "stopped" in cli(data_dir, "db", "status").stdout
     assert cli(data_dir, "db", "url").returncode == 1
+
+
+def server_running(data_dir: Path) -> bool:
+    found = subprocess.run(
+        ["pgrep", "-f", f"postgres -D {data_dir / 'pgdata'}"], capture_output=True, check=False
+    )
+    return found.returncode == 0
+
+
+def follow(data_dir: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERACTION_STORE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "interaction_store.cli", "--data-dir", str(data_dir), "tail", "-f"],
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not server_running(data_dir):
+        assert time.monotonic() < deadline, "the embedded server did not start"
+        time.sleep(0.1)
+    time.sleep(0.5)  # past the server start, into the follow loop
+    return process
+
+
+def test_sigterm_stops_the_embedded_server_with_the_command(data_dir: Path) -> None:
+    process = follow(data_dir)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    assert not server_running(data_dir)
+
+
+def test_a_killed_command_does_not_keep_the_server_up_forever(data_dir: Path) -> None:
+    process = follow(data_dir)
+    process.kill()  # no chance to let go of the server
+    process.wait(30)
+    assert cli(data_dir, "tail").returncode == 0
+    assert not server_running(data_dir)
