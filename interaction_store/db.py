@@ -35,8 +35,14 @@ __all__ = [
 
 
 def configure_connection(conn: psycopg.Connection[Any]) -> None:
-    """Per-connection setup: fast JSON decoding of payloads."""
+    """Per-connection setup: fast JSON decoding, and generic plans for prepared statements.
+
+    The store's queries are all driven by unique or ordered indexes, so one plan serves
+    every parameter; re-planning the append statement for each call costs more than
+    running it.
+    """
     set_json_loads(orjson.loads, conn)
+    conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
 def open_pool(

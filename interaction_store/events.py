@@ -20,7 +20,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    JsonValue,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -149,7 +148,8 @@ class InteractionData(Model):
     thread_key: ExternalId | None = None
     external_id: ExternalId
     agent_id: AgentId | None = None
-    attributes: dict[str, JsonValue] = Field(default_factory=dict)
+    # Source fields worth keeping (vendor ids, geo, user agent): any JSON object.
+    attributes: dict[str, Any] = Field(default_factory=dict)
 
 
 class EmailData(InteractionData):

@@ -7,6 +7,7 @@ default region for numbers written without a country code); an X/Twitter handle 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final, Literal, get_args
 
@@ -23,8 +24,12 @@ _USER_ID = re.compile(r"^[0-9]{1,20}$")
 _VISITOR = re.compile(r"^\S{1,200}$")
 
 
+@functools.lru_cache(maxsize=65536)
 def normalise_contact(kind: str, value: str, *, phone_region: str = "US") -> str:
-    """Return the canonical form of ``value`` for ``kind``, or raise ``ValueError`` saying why."""
+    """Return the canonical form of ``value`` for ``kind``, or raise ``ValueError`` saying why.
+
+    Cached: the same customers write again and again, and parsing a phone number is slow.
+    """
     value = value.strip()
     if not value:
         raise ValueError("the contact value is empty")

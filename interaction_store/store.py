@@ -5,17 +5,22 @@
     store.read_stream("conversation-c-1")
     store.read_all(after=Checkpoint.START)
 
-Appends are one call of the ``append_events`` database function per batch: it locks only
-the batch's streams, checks idempotency and expected versions, extends each stream's hash
-chain and inserts the rows, all in one statement. Readers that follow the whole log use a
-``Checkpoint`` of (transaction id, position) and only read below the oldest running
-transaction, so a transaction that commits late is never skipped.
+An append is one SQL statement per batch: it reads each stream's head, extends the hash
+chains and inserts the rows. Concurrency is optimistic: the unique key on
+(stream_id, stream_version) lets only one of two racing appends write a version, and the
+loser runs again against the new head; no lock is held beyond the rows written. A collision
+on an event id is resolved here: the same content is an idempotent replay, other content an
+``IdempotencyConflict``. Readers that follow the whole log use a ``Checkpoint`` of
+(transaction id, position) and only read below the oldest running transaction, so a
+transaction that commits late is never skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +37,6 @@ from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool
 
 from interaction_store.audit.chain import (
-    ZERO_HASH,
     ChainReport,
     ChainRow,
     content_digest,
@@ -74,7 +78,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _STREAM_ID_MAX = 250
-_RETRIES: Final = 5
+_RETRIES: Final = 30
 
 
 class StreamState(Enum):
@@ -278,28 +282,17 @@ class Store:
 
     def append_many(self, appends: Sequence[StreamAppend]) -> AppendResult:
         """Append to several streams in one atomic step."""
-        batch = self._prepare(appends)
-        if not batch[0]:
+        prepared, expected = self._prepare(appends)
+        if not prepared:
             return AppendResult(())
-        for attempt in range(1, _RETRIES + 1):
-            try:
-                with self.pool.connection() as conn:
-                    result = _call_append(conn, *batch)
-                break
-            except _Retry:
-                if attempt == _RETRIES:
-                    raise DatabaseError("append kept colliding with concurrent appends") from None
-                time.sleep(0.001 * attempt)
+        with self.pool.connection() as conn:
+            result = _append(conn, prepared, expected, in_transaction=False)
         self._notifier.poke(result.position)
         return result
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """A transaction for several appends that commit together (or not at all).
-
-        Unlike ``append``, a collision with a concurrent append of the same event ids to
-        another stream is not retried here: it raises ``DatabaseError``.
-        """
+        """A transaction for several appends that commit together (or not at all)."""
         with self.pool.connection() as conn, conn.transaction():
             tx = Transaction(self, conn)
             yield tx
@@ -345,8 +338,12 @@ class Store:
                     FieldError(index, "id", f"repeats the id of events[{seen[model.id]}]")
                 )
             seen.setdefault(model.id, index)
-            data = model.data.model_dump(mode="json", exclude_none=True)
-            payload = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+            try:
+                data = model.data.model_dump(mode="json", exclude_none=True)
+                payload = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+            except (TypeError, ValueError) as exc:  # PydanticSerializationError is a ValueError
+                errors.append(FieldError(index, "data", f"is not JSON: {exc}"))
+                continue
             if len(payload) > self.max_event_bytes:
                 errors.append(
                     FieldError(
@@ -483,13 +480,15 @@ class Store:
                 delay = min(delay * 2, 0.25)
 
     def verify_stream(self, stream_id: str) -> ChainReport:
-        """Recompute a stream's hash chain from its stored rows and check it reaches the
-        stream's recorded head."""
-        with self.pool.connection() as conn, conn.transaction():
+        """Recompute a stream's hash chain from its stored rows.
+
+        A stream on its own cannot show that its newest events were deleted; the log's
+        signed checkpoints cover that.
+        """
+        with self.pool.connection() as conn:
             rows = conn.execute(
                 query("read_stream"), {"stream_id": stream_id, "from_version": 0, "limit": None}
             ).fetchall()
-            head = conn.execute(query("stream_head"), {"stream_id": stream_id}).fetchone()
         return verify_chain(
             stream_id,
             (
@@ -510,7 +509,6 @@ class Store:
                 )
                 for r in rows
             ),
-            head=(head[0], head[1]) if head else (0, ZERO_HASH),
         )
 
     def _recorded(self, row: Sequence[Any]) -> RecordedEvent:
@@ -554,25 +552,114 @@ class Transaction:
         events: Sequence[EventBase | Mapping[str, Any]],
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
-        batch = self._store._prepare([StreamAppend(stream_id, events, expected_version)])
-        if not batch[0]:
+        prepared, expected = self._store._prepare(
+            [StreamAppend(stream_id, events, expected_version)]
+        )
+        if not prepared:
             return AppendResult(())
-        try:
-            result = _call_append(self._conn, *batch)
-        except _Retry as exc:
-            raise DatabaseError("a concurrent append stored the same event ids") from exc
+        result = _append(self._conn, prepared, expected, in_transaction=True)
         self.position = max(self.position, result.position)
         return result
 
 
-class _Retry(Exception):
-    """A transient collision with a concurrent append: run the whole append again."""
-
-
-def _call_append(
-    conn: psycopg.Connection[Any], prepared: list[_Prepared], expected: dict[str, int | None]
+def _append(
+    conn: psycopg.Connection[Any],
+    prepared: list[_Prepared],
+    expected: dict[str, int | None],
+    *,
+    in_transaction: bool,
 ) -> AppendResult:
+    """Append a prepared batch, resolving collisions with concurrent appends.
+
+    After a unique violation, or a failed expectation, the events already stored are
+    looked up first: with the same content they are reported as ``already_present`` (a
+    replay), with other content they raise ``IdempotencyConflict``. The rest run again.
+    A violation with nothing stored means another append wrote the stream version first:
+    run again against the new head (each attempt is a new statement and sees what has
+    committed since). Inside the caller's transaction each attempt runs in a savepoint.
+    """
+    present: dict[UUID, AppendedEvent] = {}
+    pending = prepared
+    for attempt in range(1, _RETRIES + 1):
+        if not pending:
+            return _result(prepared, {}, present)
+        try:
+            if in_transaction:
+                with conn.transaction():  # a savepoint: a collision keeps the caller's work
+                    placed = _insert(conn, pending, expected)
+            else:
+                placed = _insert(conn, pending, expected)
+            return _result(prepared, placed, present)
+        except (pg_errors.UniqueViolation, pg_errors.DeadlockDetected) as exc:
+            # Another append wrote one of these ids or stream versions first (or crossed
+            # two streams in the opposite order). Stored already? Then this is a replay.
+            stored = _already_stored(conn, pending)
+            if stored:
+                present.update(stored)
+                pending = [p for p in pending if p.event.id not in present]
+                continue
+            log.debug("append collided, retrying: %s", exc.diag.message_primary)
+        except psycopg.Error as exc:
+            if exc.sqlstate == "ISC01":
+                # An expectation failed; a replay of stored events still succeeds.
+                stored = _already_stored(conn, pending)
+                if stored:
+                    present.update(stored)
+                    pending = [p for p in pending if p.event.id not in present]
+                    continue
+            raise _translate(exc) from exc
+        time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.1)))
+    raise DatabaseError(f"append lost the race for its stream versions {_RETRIES} times; try again")
+
+
+def _already_stored(
+    conn: psycopg.Connection[Any], pending: list[_Prepared]
+) -> dict[UUID, AppendedEvent]:
+    """The pending events stored already with the same content; a conflict if any differs."""
+    digests = {p.event.id: p.content_digest for p in pending}
+    rows = conn.execute(query("stored_events"), {"event_ids": list(digests)}).fetchall()
+    found = {}
+    for event_id, position, stream_id, stream_version, digest in rows:
+        if digest != digests[event_id]:
+            raise IdempotencyConflict(event_id)
+        found[event_id] = AppendedEvent(event_id, position, stream_id, stream_version, True)
+    return found
+
+
+def _result(
+    prepared: list[_Prepared],
+    placed: dict[UUID, tuple[int, int]],
+    present: dict[UUID, AppendedEvent],
+) -> AppendResult:
+    def one(p: _Prepared) -> AppendedEvent:
+        if p.event.id in present:
+            return present[p.event.id]
+        position, version = placed[p.event.id]
+        return AppendedEvent(p.event.id, position, p.stream_id, version, False)
+
+    return AppendResult(tuple(one(p) for p in prepared))
+
+
+def _insert(
+    conn: psycopg.Connection[Any], prepared: list[_Prepared], expected: dict[str, int | None]
+) -> dict[UUID, tuple[int, int]]:
+    """Run the append statement once; the new events' (position, version) by id."""
     streams = sorted({p.stream_id for p in prepared})
+    if len(streams) == len(prepared):
+        params: dict[str, Any] = {
+            "event_ids": [p.event.id for p in prepared],
+            "event_streams": [p.stream_id for p in prepared],
+            "event_expected": [expected.get(p.stream_id) for p in prepared],
+            "types": [p.event.type for p in prepared],
+            "schema_versions": [p.event.schema_version for p in prepared],
+            "occurred_at": [p.event.occurred_at for p in prepared],
+            "payloads": [p.payload for p in prepared],
+            "metadata": [p.metadata for p in prepared],
+            "content_digests": [p.content_digest for p in prepared],
+            "metadata_digests": [p.metadata_digest for p in prepared],
+        }
+        rows = conn.execute(query("append_events_one_per_stream"), params).fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
     index = {stream: i for i, stream in enumerate(streams, start=1)}
     params = {
         "streams": streams,
@@ -588,23 +675,8 @@ def _call_append(
         "content_digests": [p.content_digest for p in prepared],
         "metadata_digests": [p.metadata_digest for p in prepared],
     }
-    try:
-        rows = conn.execute(query("append_events"), params).fetchall()
-    except psycopg.Error as exc:
-        raise _translate(exc) from exc
-    placed = {row[0]: row for row in rows}
-    return AppendResult(
-        tuple(
-            AppendedEvent(
-                event_id=p.event.id,
-                position=placed[p.event.id][1],
-                stream_id=p.stream_id,
-                stream_version=placed[p.event.id][2],
-                already_present=placed[p.event.id][3],
-            )
-            for p in prepared
-        )
-    )
+    rows = conn.execute(query("append_events"), params).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def _translate(exc: psycopg.Error) -> Exception:
@@ -617,13 +689,6 @@ def _translate(exc: psycopg.Error) -> Exception:
             "no stream" if expected == -1 else expected,
             int(detail.get("actual", 0)),
         )
-    if exc.sqlstate == "ISI01":
-        return IdempotencyConflict(UUID(exc.diag.message_detail or ""))
-    if isinstance(
-        exc, pg_errors.UniqueViolation | pg_errors.DeadlockDetected | pg_errors.SerializationFailure
-    ):
-        # The same event ids raced into another stream, or lock order crossed: retry.
-        return _Retry(str(exc))
     return DatabaseError(f"append failed: {exc.diag.message_primary or exc}")
 
 
@@ -637,12 +702,11 @@ def _encode_expected(expected: ExpectedVersion) -> int | None:
     raise ValueError(f"expected_version must be ANY, NO_STREAM or a version >= 0, not {expected!r}")
 
 
+_STREAM_ID = re.compile(rf"[^\s]{{1,{_STREAM_ID_MAX}}}")
+
+
 def _valid_stream_id(stream_id: str) -> bool:
-    return (
-        0 < len(stream_id) <= _STREAM_ID_MAX
-        and stream_id.isprintable()
-        and not any(c.isspace() for c in stream_id)
-    )
+    return stream_id.isprintable() and _STREAM_ID.fullmatch(stream_id) is not None
 
 
 def _conninfo(pool: ConnectionPool[Any]) -> str:

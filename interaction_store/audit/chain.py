@@ -48,7 +48,8 @@ def canonical_json(value: Any) -> bytes:
 
 
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (years 1000-9999, which timestamps here are)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def content_digest(

@@ -2,13 +2,79 @@
 -- Each query starts with a "-- name: <name> --" line.
 
 -- name: append_events --
--- One call appends a whole batch, across streams, atomically (see migrations/0001_events).
-SELECT event_id, position, stream_version, already_present
-  FROM append_events(%(streams)s::text[], %(expected)s::bigint[], %(stream_index)s::integer[],
-                     %(event_streams)s::text[], %(event_ids)s::uuid[], %(types)s::text[],
-                     %(schema_versions)s::integer[], %(occurred_at)s::timestamptz[],
-                     %(payloads)s::text[], %(metadata)s::text[],
-                     %(content_digests)s::bytea[], %(metadata_digests)s::bytea[])
+-- A whole batch, across streams, in one statement: read each stream's head (its newest
+-- event), extend the hash chains (append_chain), insert. A concurrent append that wrote
+-- the same stream version or event id first makes this fail with a unique violation;
+-- the store then resolves the idempotent case or retries against the new head.
+-- Parameters are binary: the text array format would escape every element in Python.
+WITH heads AS (
+    SELECT array_agg(coalesce(h.stream_version, 0) ORDER BY s.ord) AS versions,
+           array_agg(coalesce(h.hash, decode(repeat('00', 32), 'hex')) ORDER BY s.ord) AS hashes
+      FROM unnest(%(streams)b::text[]) WITH ORDINALITY AS s(stream_id, ord)
+      LEFT JOIN LATERAL (
+          SELECT e.stream_version, e.hash
+            FROM events AS e
+           WHERE e.stream_id = s.stream_id
+           ORDER BY e.stream_version DESC
+           LIMIT 1
+      ) AS h ON true
+)
+INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type, schema_version,
+                    occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
+SELECT pg_current_xact_id(), u.id, u.stream_id, u.version, u.type, u.schema_version,
+       u.occurred_at, now(), u.payload::jsonb, u.metadata::jsonb, u.content_digest, u.hash, u.prev
+  FROM heads,
+       append_chain(heads.versions, heads.hashes, %(expected)b::bigint[], %(streams)b::text[],
+                    %(stream_index)b::integer[], %(content_digests)b::bytea[],
+                    %(metadata_digests)b::bytea[],
+                    (extract(epoch FROM now()) * 1000000)::bigint) AS c,
+       unnest(%(event_ids)b::uuid[], %(event_streams)b::text[], %(types)b::text[],
+              %(schema_versions)b::integer[], %(occurred_at)b::timestamptz[],
+              %(payloads)b::text[], %(metadata)b::text[], %(content_digests)b::bytea[],
+              c.versions, c.prev_hashes, c.hashes)
+           WITH ORDINALITY AS u(id, stream_id, type, schema_version, occurred_at, payload,
+                                metadata, content_digest, version, prev, hash, ord)
+ ORDER BY u.ord
+RETURNING event_id, position, stream_version
+
+-- name: append_events_one_per_stream --
+-- append_events for a batch in which every stream receives one event (the usual live
+-- append): each chain link is one expression, with no function call on the way.
+INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type, schema_version,
+                    occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
+SELECT pg_current_xact_id(), u.id, u.stream_id,
+       CASE WHEN u.expected IS NOT NULL AND h.version <> greatest(u.expected, 0)
+            THEN append_refused(u.stream_id, u.expected, h.version)
+            ELSE h.version + 1 END,
+       u.type, u.schema_version, u.occurred_at, now(), u.payload::jsonb, u.metadata::jsonb,
+       u.content_digest,
+       sha256(h.hash || u.content_digest || u.metadata_digest || int8send(h.version + 1)
+              || int8send((extract(epoch FROM now()) * 1000000)::bigint)),
+       h.hash
+  FROM unnest(%(event_ids)b::uuid[], %(event_streams)b::text[], %(event_expected)b::bigint[],
+              %(types)b::text[], %(schema_versions)b::integer[], %(occurred_at)b::timestamptz[],
+              %(payloads)b::text[], %(metadata)b::text[], %(content_digests)b::bytea[],
+              %(metadata_digests)b::bytea[])
+           WITH ORDINALITY AS u(id, stream_id, expected, type, schema_version, occurred_at,
+                                payload, metadata, content_digest, metadata_digest, ord)
+  CROSS JOIN LATERAL (
+      SELECT coalesce(max(e.stream_version), 0) AS version,
+             coalesce((array_agg(e.hash ORDER BY e.stream_version DESC))[1],
+                      decode(repeat('00', 32), 'hex')) AS hash
+        FROM (SELECT x.stream_version, x.hash
+                FROM events AS x
+               WHERE x.stream_id = u.stream_id
+               ORDER BY x.stream_version DESC
+               LIMIT 1) AS e
+  ) AS h
+ ORDER BY u.ord
+RETURNING event_id, position, stream_version
+
+-- name: stored_events --
+-- The events of a batch that are already stored: the idempotency check after a collision.
+SELECT event_id, position, stream_id, stream_version, content_digest
+  FROM events
+ WHERE event_id = ANY (%(event_ids)b::uuid[])
 
 -- name: read_stream --
 SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,
@@ -46,10 +112,7 @@ SELECT transaction_id < pg_snapshot_xmin(pg_current_snapshot())
   FROM events WHERE position = %(position)s
 
 -- name: stream_version --
-SELECT version FROM streams WHERE stream_id = %(stream_id)s
-
--- name: stream_head --
-SELECT version, last_hash FROM streams WHERE stream_id = %(stream_id)s
+SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %(stream_id)s
 
 -- name: notify --
 SELECT pg_notify(%(channel)s, %(payload)s)

@@ -341,11 +341,20 @@ def test_ids_are_uuids_and_stored_as_given(store: Store) -> None:
     assert result.events[0].event_id == event_id
 
 
-def test_hash_chain_detects_a_deleted_tail(store: Store, database_url: str) -> None:
-    store.append("s-1", [sms(i) for i in range(3)])
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SET session_replication_role = replica")
-        conn.execute("DELETE FROM events WHERE stream_id = 's-1' AND stream_version = 3")
-    report = store.verify_stream("s-1")
-    assert report.broken is not None
-    assert report.broken.stream_version == 3
+def test_attributes_that_are_not_json_are_refused(store: Store, database_url: str) -> None:
+    with pytest.raises(EventValidationError, match=r"events\[0\].data: is not JSON"):
+        store.append("s-1", [sms(1, attributes={"huge": 2**70})])
+    assert count_events(database_url) == 0
+
+
+def test_batches_with_several_events_per_stream_and_one_per_stream_chain_alike(
+    store: Store,
+) -> None:
+    store.append_many([StreamAppend("s-a", [sms(1)]), StreamAppend("s-b", [sms(2)])])  # one each
+    store.append_many([StreamAppend("s-a", [sms(3), sms(4)]), StreamAppend("s-b", [sms(5)])])
+    store.append("s-a", [sms(6)], expected_version=3)
+    assert [e.stream_version for e in store.read_stream("s-a")] == [1, 2, 3, 4]
+    assert store.verify_stream("s-a").ok
+    assert store.verify_stream("s-b").ok
+    with pytest.raises(ConcurrencyError):
+        store.append_many([StreamAppend("s-a", [sms(7)], 1), StreamAppend("s-b", [sms(8)])])
