@@ -37,6 +37,30 @@ SELECT pg_current_xact_id(), u.id, u.stream_id, u.version, u.type, u.schema_vers
  ORDER BY u.ord
 RETURNING event_id, position, stream_version
 
+-- name: append_event --
+-- append_events for a single event, with plain parameters (cheaper to send than arrays).
+INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type, schema_version,
+                    occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
+SELECT pg_current_xact_id(), %(event_id)s, %(stream_id)s,
+       CASE WHEN %(expected)s::bigint IS NOT NULL AND h.version <> greatest(%(expected)s::bigint, 0)
+            THEN append_refused(%(stream_id)s, %(expected)s::bigint, h.version)
+            ELSE h.version + 1 END,
+       %(type)s, %(schema_version)s, %(occurred_at)s, now(), %(payload)s::jsonb,
+       %(metadata)s::jsonb, %(content_digest)s,
+       sha256(h.hash || %(content_digest)s || %(metadata_digest)s || int8send(h.version + 1)
+              || int8send((extract(epoch FROM now()) * 1000000)::bigint)),
+       h.hash
+  FROM (SELECT coalesce(max(e.stream_version), 0) AS version,
+               coalesce((array_agg(e.hash ORDER BY e.stream_version DESC))[1],
+                        decode(repeat('00', 32), 'hex')) AS hash
+          FROM (SELECT x.stream_version, x.hash
+                  FROM events AS x
+                 WHERE x.stream_id = %(stream_id)s
+                 ORDER BY x.stream_version DESC
+                 LIMIT 1) AS e
+       ) AS h
+RETURNING event_id, position, stream_version
+
 -- name: append_events_one_per_stream --
 -- append_events for a batch in which every stream receives one event (the usual live
 -- append): each chain link is one expression, with no function call on the way.
