@@ -12,7 +12,8 @@ where canonical JSON is UTF-8 with sorted keys and no spaces (orjson ``OPT_SORT_
 stream has 32 zero bytes as ``prev_hash``. The content digest, computed by the appender, is
 also the idempotency fingerprint: metadata (a retry's correlation id, say) may differ
 between two deliveries of the same event without a conflict. The chain link is computed by
-``append_events()`` in the append transaction, because only it knows the stream's head.
+the append statement in the append transaction (``sql/queries.sql``), where the stream's
+head is read.
 """
 
 from __future__ import annotations
