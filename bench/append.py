@@ -8,8 +8,8 @@ Events from ``interaction_store.demo.generate`` (~1 KB of JSON, five channels) a
 before any timing. The server is ``--url`` / ``INTERACTION_STORE_DATABASE_URL``, else the
 embedded one in ``.bench/pg``. Each path runs in a fresh ``bench_*`` database after a
 warm-up on other events. Raw rows carry the wire data/metadata JSON and precomputed stream
-versions, so each ratio prices the store's extras (validation, digests, hash chain, streams
-table, idempotency, transaction ids).
+versions, so each ratio prices the store's extras (validation, digests, hash chain,
+idempotency, transaction ids, the commit-order index).
 
 a. Batches through ``Store.append_batch``, timed from the wire dicts, against the same rows
    in a plain ``raw_events`` table, a transaction per batch, by pipelined ``executemany``

@@ -26,7 +26,12 @@ from interaction_store import db
 from interaction_store.demo import generate, story
 from interaction_store.embedded import EmbeddedPostgres
 from interaction_store.events import parse_events
-from interaction_store.exceptions import AppendError, EventValidationError, InteractionStoreError
+from interaction_store.exceptions import (
+    AppendError,
+    ConfigurationError,
+    EventValidationError,
+    InteractionStoreError,
+)
 from interaction_store.settings import Settings
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
@@ -41,7 +46,14 @@ class Context:
 
     @contextlib.contextmanager
     def store(self, *, migrate: bool = False) -> Iterator[Store]:
+        """The store; with ``migrate``, the schema is brought up to date first, otherwise a
+        database without the schema is refused with a hint."""
         with db.open_store(self.settings, migrate_schema=migrate) as store:
+            if not migrate and not db.has_schema(store.pool):
+                raise ConfigurationError(
+                    "the database has no interaction-store schema yet: "
+                    "run `interaction-store migrate` first"
+                )
             yield store
 
 
@@ -151,7 +163,7 @@ def append(obj: Context, source: IO[bytes], batch_size: int, quiet: bool) -> Non
     """
     tally = Tally()
     total = _size_of(source)
-    with obj.store(migrate=True) as store, _progress(quiet, total) as (progress, task):
+    with obj.store() as store, _progress(quiet, total) as (progress, task):
         batch: list[tuple[int, Any]] = []
         for number, line in enumerate(source, start=1):
             progress.advance(task, len(line))
@@ -248,12 +260,14 @@ def tail(
     limit: int | None,
 ) -> None:
     """Print the log, one line per event, in commit order; with -f, keep following it."""
-    with obj.store(migrate=True) as store:
+    with obj.store() as store:
         checkpoint = Checkpoint.parse(after) if after else Checkpoint.START
         if from_position is not None:
             found = store.checkpoint_at(from_position)
             if found is None:
-                raise click.BadParameter(f"no committed event at position {from_position}")
+                raise click.BadParameter(
+                    f"no event at position {from_position} that readers can reach yet"
+                )
             checkpoint = found
         stop = threading.Event()
         printed = 0
@@ -333,7 +347,10 @@ def _json_line(event: RecordedEvent) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
 @click.pass_obj
 def demo(obj: Context, if_empty: bool, synthetic: int, seed: int) -> None:
-    """Load the demo story (and optionally synthetic interactions) into the database."""
+    """Load the demo story (and optionally synthetic interactions) into the database.
+
+    It migrates the schema first, so it works on an empty database.
+    """
     with obj.store(migrate=True) as store:
         if if_empty and store.head() > 0:
             click.echo(f"the log already has events (head {store.head()}); nothing loaded")

@@ -27,6 +27,7 @@ __all__ = [
     "current_revision",
     "database_url",
     "downgrade",
+    "has_schema",
     "migrate",
     "migrations_dir",
     "open_pool",
@@ -112,6 +113,13 @@ def current_revision(conninfo: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+def has_schema(pool: ConnectionPool[psycopg.Connection[Any]]) -> bool:
+    """Whether the database has been migrated (it has the events table)."""
+    with pool.connection() as conn:
+        row = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()
+    return bool(row and row[0])
 
 
 @contextlib.contextmanager

@@ -76,8 +76,11 @@ class EmbeddedPostgres:
             pids.put(alive)
 
     def release(self) -> None:
-        """Let go of the server; it stops if this was the last process using it."""
+        """Let go of the server; it stops if this was the last process using it, unless
+        ``db start`` asked for it to keep running (even after this process started it)."""
         if self._server is not None:
+            if self.keep_running_marker.exists():
+                self._server.cleanup_mode = None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._server.cleanup()
@@ -99,14 +102,15 @@ class EmbeddedPostgres:
 
     def stop(self, *, force: bool = False) -> bool:
         """Stop a running server. Without ``force``, only when no other process uses it."""
-        self.keep_running_marker.unlink(missing_ok=True)
         if self.running_url() is None:
+            self.keep_running_marker.unlink(missing_ok=True)
             return False
         if self.users() and not force:
             raise EmbeddedServerError(
                 f"the embedded server is in use by process(es) {self.users()}; "
                 "stop them first or use --force"
             )
+        self.keep_running_marker.unlink(missing_ok=True)
         pgserver = _pgserver()
         user = "pgserver" if os.geteuid() == 0 else None
         try:

@@ -92,15 +92,40 @@ class AppendError(InteractionStoreError):
 
 
 class ConcurrencyError(AppendError):
-    """The stream is not at the expected version; nothing of the batch was written."""
+    """A concurrent append got in the way; nothing of the batch was written. Retry it.
 
-    def __init__(self, stream_id: str, expected: int | str, actual: int) -> None:
+    For a stream not at the expected version, ``stream_id``, ``expected`` and ``actual``
+    say which and how; for a deadlock between two transactions they are None.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        stream_id: str | None = None,
+        expected: int | str | None = None,
+        actual: int | None = None,
+    ) -> None:
         self.stream_id = stream_id
         self.expected = expected
         self.actual = actual
-        super().__init__(
+        super().__init__(message)
+
+    @classmethod
+    def version_mismatch(cls, stream_id: str, expected: int | str, actual: int) -> ConcurrencyError:
+        return cls(
             f"stream {stream_id!r} is at version {actual}, expected {expected}; "
-            "nothing of the batch was written"
+            "nothing of the batch was written",
+            stream_id=stream_id,
+            expected=expected,
+            actual=actual,
+        )
+
+    @classmethod
+    def deadlock(cls) -> ConcurrencyError:
+        return cls(
+            "a concurrent transaction appended to the same streams in the opposite order "
+            "(a deadlock); this transaction's appends were not made: retry it"
         )
 
 

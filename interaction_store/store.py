@@ -273,22 +273,36 @@ class Store:
 
     def append_batch(self, events: Sequence[EventBase | Mapping[str, Any]]) -> AppendResult:
         """Append events to the streams their data names (conversation or customer), atomically."""
-        models = self._validate(events)
-        grouped: dict[str, list[EventBase]] = {}
-        for model in models:
-            model = with_conversation(model)
-            grouped.setdefault(stream_for(model), []).append(model)
-        return self.append_many([StreamAppend(s, evs) for s, evs in grouped.items()])
+        models = [with_conversation(model) for model in self._validate(events)]
+        # One part per event keeps the caller's order (and indexes in errors).
+        return self.append_many([StreamAppend(stream_for(model), [model]) for model in models])
 
     def append_many(self, appends: Sequence[StreamAppend]) -> AppendResult:
-        """Append to several streams in one atomic step."""
+        """Append to several streams in one atomic step.
+
+        A stream may appear in several parts only when none of them expects a version.
+        A stream whose events are all stored already (a replay) is not held to its
+        expectation; the others still are.
+        """
         prepared, expected = self._prepare(appends)
         if not prepared:
+            self._check_expectations(expected)
             return AppendResult(())
         with self.pool.connection() as conn:
             result = _append(conn, prepared, expected, in_transaction=False)
         self._notifier.poke(result.position)
         return result
+
+    def _check_expectations(self, expected: dict[str, int | None]) -> None:
+        """An empty append still checks what it expects of its streams."""
+        for stream_id, version in expected.items():
+            if version is None:
+                continue
+            actual = self.stream_version(stream_id)
+            if actual != max(version, 0):
+                raise ConcurrencyError.version_mismatch(
+                    stream_id, "no stream" if version == -1 else version, actual
+                )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -327,9 +341,20 @@ class Store:
                 errors.append(
                     FieldError(None, "stream_id", f"{part.stream_id!r} is not a stream id")
                 )
-            if part.stream_id in expected and part.events:
-                errors.append(FieldError(None, "stream_id", f"{part.stream_id!r} appears twice"))
-            expected[part.stream_id] = _encode_expected(part.expected_version)
+            wanted = _encode_expected(part.expected_version)
+            if part.stream_id in expected and (
+                wanted is not None or expected[part.stream_id] is not None
+            ):
+                errors.append(
+                    FieldError(
+                        None,
+                        "stream_id",
+                        f"{part.stream_id!r} appears twice with an expected version",
+                    )
+                )
+            expected[part.stream_id] = (
+                wanted if wanted is not None else expected.get(part.stream_id)
+            )
         prepared: list[_Prepared] = []
         seen: dict[UUID, int] = {}
         for index, ((stream_id, _), model) in enumerate(zip(flat, models, strict=True)):
@@ -339,7 +364,7 @@ class Store:
                 )
             seen.setdefault(model.id, index)
             try:
-                data = model.data.model_dump(mode="json", exclude_none=True)
+                data = _as_stored(model.data.model_dump(mode="json", exclude_none=True))
                 payload = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
             except (TypeError, ValueError) as exc:  # PydanticSerializationError is a ValueError
                 errors.append(FieldError(index, "data", f"is not JSON: {exc}"))
@@ -448,7 +473,9 @@ class Store:
         return int(row[0]) if row else 0
 
     def checkpoint_at(self, position: int) -> Checkpoint | None:
-        """The checkpoint just after the event at ``position``, if it is committed."""
+        """The checkpoint just after the event at ``position``, once gap-safe readers can
+        reach it (None before: a checkpoint past a still-running transaction would skip
+        that transaction's events)."""
         with self.pool.connection() as conn:
             row = conn.execute(query("checkpoint_at"), {"position": position}).fetchone()
         return Checkpoint(int(row[0]), int(row[1])) if row else None
@@ -466,18 +493,23 @@ class Store:
         wait for the ``position`` an append returned.
         """
         deadline = time.monotonic() + timeout
+        if self._readable(position):
+            return True
         with self._listener() as listener:
             delay = 0.005
             while True:
-                with self.pool.connection() as conn:
-                    row = conn.execute(query("readable"), {"position": position}).fetchone()
-                if row is not None and row[0]:
-                    return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 listener.wait(min(delay, remaining))
                 delay = min(delay * 2, 0.25)
+                if self._readable(position):
+                    return True
+
+    def _readable(self, position: int) -> bool:
+        with self.pool.connection() as conn:
+            row = conn.execute(query("readable"), {"position": position}).fetchone()
+        return row is not None and bool(row[0])
 
     def verify_stream(self, stream_id: str) -> ChainReport:
         """Recompute a stream's hash chain from its stored rows.
@@ -581,8 +613,6 @@ def _append(
     present: dict[UUID, AppendedEvent] = {}
     pending = prepared
     for attempt in range(1, _RETRIES + 1):
-        if not pending:
-            return _result(prepared, {}, present)
         try:
             if in_transaction:
                 with conn.transaction():  # a savepoint: a collision keeps the caller's work
@@ -590,24 +620,26 @@ def _append(
             else:
                 placed = _insert(conn, pending, expected)
             return _result(prepared, placed, present)
-        except (pg_errors.UniqueViolation, pg_errors.DeadlockDetected) as exc:
-            # Another append wrote one of these ids or stream versions first (or crossed
-            # two streams in the opposite order). Stored already? Then this is a replay.
-            stored = _already_stored(conn, pending)
-            if stored:
-                present.update(stored)
-                pending = [p for p in pending if p.event.id not in present]
-                continue
-            log.debug("append collided, retrying: %s", exc.diag.message_primary)
         except psycopg.Error as exc:
+            collided = isinstance(exc, pg_errors.UniqueViolation | pg_errors.DeadlockDetected)
+            if not collided and exc.sqlstate != "ISC01":
+                raise _translate(exc) from exc
+            # Another append wrote these ids or stream versions first, or an expectation
+            # failed. Whatever is stored already is a replay, not an error.
+            stored = _already_stored(conn, pending)
+            present.update(stored)
+            pending = [p for p in pending if p.event.id not in present]
+            if not pending:
+                return _result(prepared, {}, present)
+            if stored:
+                continue
             if exc.sqlstate == "ISC01":
-                # An expectation failed; a replay of stored events still succeeds.
-                stored = _already_stored(conn, pending)
-                if stored:
-                    present.update(stored)
-                    pending = [p for p in pending if p.event.id not in present]
-                    continue
-            raise _translate(exc) from exc
+                raise _translate(exc) from exc
+            if in_transaction and isinstance(exc, pg_errors.DeadlockDetected):
+                # The other lock is held by the caller's own earlier work: a retry would
+                # deadlock again. The caller's transaction has to give way.
+                raise ConcurrencyError.deadlock() from exc
+            log.debug("append collided, retrying: %s", exc.diag.message_primary)
         time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.1)))
     raise DatabaseError(f"append lost the race for its stream versions {_RETRIES} times; try again")
 
@@ -664,21 +696,6 @@ def _insert(
         assert row is not None
         return {row[0]: (row[1], row[2])}
     streams = sorted({p.stream_id for p in prepared})
-    if len(streams) == len(prepared):
-        params: dict[str, Any] = {
-            "event_ids": [p.event.id for p in prepared],
-            "event_streams": [p.stream_id for p in prepared],
-            "event_expected": [expected.get(p.stream_id) for p in prepared],
-            "types": [p.event.type for p in prepared],
-            "schema_versions": [p.event.schema_version for p in prepared],
-            "occurred_at": [p.event.occurred_at for p in prepared],
-            "payloads": [p.payload for p in prepared],
-            "metadata": [p.metadata for p in prepared],
-            "content_digests": [p.content_digest for p in prepared],
-            "metadata_digests": [p.metadata_digest for p in prepared],
-        }
-        rows = conn.execute(query("append_events_one_per_stream"), params).fetchall()
-        return {row[0]: (row[1], row[2]) for row in rows}
     index = {stream: i for i, stream in enumerate(streams, start=1)}
     params = {
         "streams": streams,
@@ -703,7 +720,7 @@ def _translate(exc: psycopg.Error) -> Exception:
     if exc.sqlstate == "ISC01":
         detail = orjson.loads(exc.diag.message_detail or "{}")
         expected = detail.get("expected")
-        return ConcurrencyError(
+        return ConcurrencyError.version_mismatch(
             detail.get("stream_id", "?"),
             "no stream" if expected == -1 else expected,
             int(detail.get("actual", 0)),
@@ -726,6 +743,20 @@ _STREAM_ID = re.compile(rf"[^\s]{{1,{_STREAM_ID_MAX}}}")
 
 def _valid_stream_id(stream_id: str) -> bool:
     return stream_id.isprintable() and _STREAM_ID.fullmatch(stream_id) is not None
+
+
+def _as_stored(value: Any) -> Any:
+    """``value`` as it reads back from JSONB, so the digest of what was appended is the
+    digest of what is stored: an integral float reads back as an integer (1e19, -0.0)."""
+    if isinstance(value, float):
+        if value.is_integer() and -(2**63) <= value < 2**64:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {key: _as_stored(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_stored(item) for item in value]
+    return value
 
 
 def _conninfo(pool: ConnectionPool[Any]) -> str:

@@ -119,7 +119,7 @@ class ChainBreak:
 
     stream_id: str
     stream_version: int
-    position: int | None
+    position: int
     reason: str
 
 
@@ -135,22 +135,19 @@ class ChainReport:
         return self.broken is None
 
 
-def verify_chain(
-    stream_id: str, rows: Iterable[ChainRow], head: tuple[int, bytes] | None = None
-) -> ChainReport:
+def verify_chain(stream_id: str, rows: Iterable[ChainRow]) -> ChainReport:
     """Recompute a stream's chain from its rows (in stream order) and report the first break.
 
-    ``head`` is the stream's recorded (version, last hash), kept beside the log at each
-    append; without it a deleted tail would leave a chain that still holds.
+    A removed tail cannot show here: the rows that remain still chain. The log-wide
+    checkpoints are what cover the newest events.
     """
     prev = ZERO_HASH
     expected_version = 1
     checked = 0
 
-    def broken(row: ChainRow | None, version: int, reason: str) -> ChainReport:
-        position = row.position if row is not None else None
+    def broken(row: ChainRow, version: int, reason: str) -> ChainReport:
         return ChainReport(
-            stream_id, checked, prev, ChainBreak(stream_id, version, position, reason)
+            stream_id, checked, prev, ChainBreak(stream_id, version, row.position, reason)
         )
 
     for row in rows:
@@ -178,14 +175,4 @@ def verify_chain(
         prev = link
         expected_version += 1
         checked += 1
-    if head is not None:
-        head_version, head_hash = head
-        if head_version != checked:
-            return broken(
-                None,
-                checked + 1,
-                f"the stream's head is version {head_version}; the log ends at {checked}",
-            )
-        if head_hash != prev:
-            return broken(None, checked, "the stream's recorded head hash differs from the log's")
     return ChainReport(stream_id, checked, prev, None)

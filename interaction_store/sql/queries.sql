@@ -38,60 +38,29 @@ SELECT pg_current_xact_id(), u.id, u.stream_id, u.version, u.type, u.schema_vers
 RETURNING event_id, position, stream_version
 
 -- name: append_event --
--- append_events for a single event, with plain parameters (cheaper to send than arrays).
+-- append_events for a single event, with plain parameters (cheaper to send than arrays):
+-- the chain link is one expression, with no function call on the way.
 INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type, schema_version,
                     occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
 SELECT pg_current_xact_id(), %(event_id)s, %(stream_id)s,
-       CASE WHEN %(expected)s::bigint IS NOT NULL AND h.version <> greatest(%(expected)s::bigint, 0)
-            THEN append_refused(%(stream_id)s, %(expected)s::bigint, h.version)
-            ELSE h.version + 1 END,
+       CASE WHEN %(expected)s::bigint IS NOT NULL
+                 AND coalesce(h.stream_version, 0) <> greatest(%(expected)s::bigint, 0)
+            THEN append_refused(%(stream_id)s, %(expected)s::bigint, coalesce(h.stream_version, 0))
+            ELSE coalesce(h.stream_version, 0) + 1 END,
        %(type)s, %(schema_version)s, %(occurred_at)s, now(), %(payload)s::jsonb,
        %(metadata)s::jsonb, %(content_digest)s,
-       sha256(h.hash || %(content_digest)s || %(metadata_digest)s || int8send(h.version + 1)
+       sha256(coalesce(h.hash, decode(repeat('00', 32), 'hex')) || %(content_digest)s
+              || %(metadata_digest)s || int8send(coalesce(h.stream_version, 0) + 1)
               || int8send((extract(epoch FROM now()) * 1000000)::bigint)),
-       h.hash
-  FROM (SELECT coalesce(max(e.stream_version), 0) AS version,
-               coalesce((array_agg(e.hash ORDER BY e.stream_version DESC))[1],
-                        decode(repeat('00', 32), 'hex')) AS hash
-          FROM (SELECT x.stream_version, x.hash
-                  FROM events AS x
-                 WHERE x.stream_id = %(stream_id)s
-                 ORDER BY x.stream_version DESC
-                 LIMIT 1) AS e
-       ) AS h
-RETURNING event_id, position, stream_version
-
--- name: append_events_one_per_stream --
--- append_events for a batch in which every stream receives one event (the usual live
--- append): each chain link is one expression, with no function call on the way.
-INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type, schema_version,
-                    occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
-SELECT pg_current_xact_id(), u.id, u.stream_id,
-       CASE WHEN u.expected IS NOT NULL AND h.version <> greatest(u.expected, 0)
-            THEN append_refused(u.stream_id, u.expected, h.version)
-            ELSE h.version + 1 END,
-       u.type, u.schema_version, u.occurred_at, now(), u.payload::jsonb, u.metadata::jsonb,
-       u.content_digest,
-       sha256(h.hash || u.content_digest || u.metadata_digest || int8send(h.version + 1)
-              || int8send((extract(epoch FROM now()) * 1000000)::bigint)),
-       h.hash
-  FROM unnest(%(event_ids)b::uuid[], %(event_streams)b::text[], %(event_expected)b::bigint[],
-              %(types)b::text[], %(schema_versions)b::integer[], %(occurred_at)b::timestamptz[],
-              %(payloads)b::text[], %(metadata)b::text[], %(content_digests)b::bytea[],
-              %(metadata_digests)b::bytea[])
-           WITH ORDINALITY AS u(id, stream_id, expected, type, schema_version, occurred_at,
-                                payload, metadata, content_digest, metadata_digest, ord)
-  CROSS JOIN LATERAL (
-      SELECT coalesce(max(e.stream_version), 0) AS version,
-             coalesce((array_agg(e.hash ORDER BY e.stream_version DESC))[1],
-                      decode(repeat('00', 32), 'hex')) AS hash
-        FROM (SELECT x.stream_version, x.hash
-                FROM events AS x
-               WHERE x.stream_id = u.stream_id
-               ORDER BY x.stream_version DESC
-               LIMIT 1) AS e
-  ) AS h
- ORDER BY u.ord
+       coalesce(h.hash, decode(repeat('00', 32), 'hex'))
+  FROM (SELECT 1) AS one
+  LEFT JOIN LATERAL (
+      SELECT e.stream_version, e.hash
+        FROM events AS e
+       WHERE e.stream_id = %(stream_id)s
+       ORDER BY e.stream_version DESC
+       LIMIT 1
+  ) AS h ON true
 RETURNING event_id, position, stream_version
 
 -- name: stored_events --
@@ -120,7 +89,7 @@ SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_versi
  WHERE (transaction_id, position) > (%(transaction_id)s::text::xid8, %(position)s::bigint)
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
    AND (%(types)s::text[] IS NULL OR type = ANY (%(types)s::text[]))
- -- qualified, so rows sort by the xid8 column itself and never by a text rendering of it
+ -- qualified: the xid8 column's own order, never that of a text rendering of it
  ORDER BY events.transaction_id, events.position
  LIMIT %(limit)s
 
@@ -128,7 +97,12 @@ SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_versi
 SELECT coalesce(max(position), 0) FROM events
 
 -- name: checkpoint_at --
-SELECT transaction_id::text AS txid, position FROM events WHERE position = %(position)s
+-- Only once gap-safe readers can reach it: a checkpoint past a still-running transaction
+-- would skip that transaction's events when it commits.
+SELECT transaction_id::text AS txid, position
+  FROM events
+ WHERE position = %(position)s
+   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 
 -- name: readable --
 -- Is the event at this position visible to gap-safe readers yet?

@@ -60,8 +60,9 @@ CREATE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON events
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION events_are_append_only();
 
--- Refuses an append whose stream is not at the expected version: SQLSTATE ISC01 with a
--- JSON DETAIL of stream_id, expected (-1: no stream) and actual. Returns nothing.
+-- Refuses an append whose stream is not at the expected version: always raises SQLSTATE
+-- ISC01 with a JSON DETAIL of stream_id, expected (-1: no stream) and actual. Its bigint
+-- result type only lets it stand where a version is computed.
 CREATE FUNCTION append_refused(stream_id text, expected bigint, actual bigint) RETURNS bigint
 LANGUAGE plpgsql AS $fn$
 BEGIN

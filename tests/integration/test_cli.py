@@ -107,3 +107,11 @@ def test_help_teaches(run) -> None:  # type: ignore[no-untyped-def]
     text = run("append", "--help").output
     assert "NDJSON" in text
     assert "interaction-store generate 1000 | interaction-store append -" in text
+
+
+def test_append_and_tail_refuse_a_database_without_the_schema(empty_database_url: str) -> None:
+    runner = CliRunner()
+    for args in (["append", "-"], ["tail"]):
+        result = runner.invoke(cli, ["--database-url", empty_database_url, *args], input=b"")
+        assert result.exit_code != 0
+        assert "run `interaction-store migrate` first" in str(result.exception)

@@ -143,3 +143,25 @@ def test_racing_writers_with_the_same_expected_version_one_wins(
     )
     assert store.stream_version("s-1") == 2
     assert count_events(database_url) == 2
+
+
+def test_crossed_transactions_fail_fast_instead_of_retrying_a_deadlock(store: Store) -> None:
+    """Two transactions append to the same two streams in opposite orders."""
+    barrier = threading.Barrier(2)
+
+    def crossed(first: str, second: str) -> str:
+        with store.transaction() as tx:
+            tx.append(first, [sms(1)])
+            barrier.wait(10)
+            tx.append(second, [sms(2)])
+        return "committed"
+
+    started = time.monotonic()
+    outcomes = run_together(2, lambda i: crossed(*(("s-a", "s-b") if i == 0 else ("s-b", "s-a"))))
+    assert time.monotonic() - started < 10
+    assert sorted(map(type, outcomes), key=str) == sorted([str, ConcurrencyError], key=str)
+    failure = next(o for o in outcomes if isinstance(o, ConcurrencyError))
+    assert "deadlock" in str(failure)
+    # the loser's appends were rolled back: only the winner's two events are stored
+    assert store.stream_version("s-a") == 1
+    assert store.stream_version("s-b") == 1

@@ -68,6 +68,7 @@ def server_running(data_dir: Path) -> bool:
 
 
 def follow(data_dir: Path) -> subprocess.Popen[bytes]:
+    assert cli(data_dir, "migrate").returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERACTION_STORE_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "interaction_store.cli", "--data-dir", str(data_dir), "tail", "-f"],
@@ -95,3 +96,18 @@ def test_a_killed_command_does_not_keep_the_server_up_forever(data_dir: Path) ->
     process.wait(30)
     assert cli(data_dir, "tail").returncode == 0
     assert not server_running(data_dir)
+
+
+def test_db_start_keeps_a_server_that_another_command_started(data_dir: Path) -> None:
+    process = follow(data_dir)
+    try:
+        assert cli(data_dir, "db", "start").returncode == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    try:
+        assert server_running(data_dir)
+    finally:
+        assert "stopped" in cli(data_dir, "db", "stop").stdout
+    assert not server_running(data_dir)
+    assert not (data_dir / "keep-running").exists()

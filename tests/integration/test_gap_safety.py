@@ -137,3 +137,35 @@ def test_an_append_to_the_same_stream_waits_for_the_held_one(store: Store) -> No
         assert done.wait(5)
         thread.join()
     assert result == [2]
+
+
+def test_no_checkpoint_is_handed_out_past_a_running_transaction(store: Store) -> None:
+    with held_append(store, "s-held", commit=True) as release:
+        later = store.append("s-later", [sms(2)])
+        assert store.checkpoint_at(later.position) is None
+        release()
+    checkpoint = store.checkpoint_at(later.position)
+    assert checkpoint is not None
+    every = [e.position for e in store.read_all()]
+    assert later.position in every
+    assert store.read_all(checkpoint) == []
+
+
+def test_a_transaction_that_collides_with_a_commit_appends_after_it(store: Store) -> None:
+    with held_append(store, "s-1", commit=True) as release:
+        done = threading.Event()
+        versions: list[int] = []
+
+        def append_in_transaction() -> None:
+            with store.transaction() as tx:
+                versions.append(tx.append("s-1", [sms(2)]).stream_version())
+            done.set()
+
+        thread = threading.Thread(target=append_in_transaction)
+        thread.start()
+        assert not done.wait(0.3)  # waits on the held version 1
+        release()
+        assert done.wait(5)
+        thread.join()
+    assert versions == [2]
+    assert store.verify_stream("s-1").ok

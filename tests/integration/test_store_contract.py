@@ -358,3 +358,40 @@ def test_batches_with_several_events_per_stream_and_one_per_stream_chain_alike(
     assert store.verify_stream("s-b").ok
     with pytest.raises(ConcurrencyError):
         store.append_many([StreamAppend("s-a", [sms(7)], 1), StreamAppend("s-b", [sms(8)])])
+
+
+def test_append_batch_keeps_the_callers_order_in_results_and_errors(
+    store: Store, database_url: str
+) -> None:
+    a, b = sms(1, conversation_id="c-a"), sms(2, conversation_id="c-b")
+    a2 = sms(3, conversation_id="c-a")
+    result = store.append_batch([a, b, a2])
+    assert [str(e.event_id) for e in result.events] == [a["id"], b["id"], a2["id"]]
+
+    bad = sms(6, conversation_id="c-a", text="nul\x00")
+    with pytest.raises(EventValidationError) as invalid:
+        store.append_batch([sms(4, conversation_id="c-a"), sms(5, conversation_id="c-b"), bad])
+    assert [e.index for e in invalid.value.errors] == [2]
+    assert count_events(database_url) == 3
+
+
+def test_an_empty_append_still_checks_its_expectation(store: Store) -> None:
+    store.append("s-1", [sms(1)])
+    assert store.append("s-1", [], expected_version=1).events == ()
+    with pytest.raises(ConcurrencyError):
+        store.append("s-1", [], expected_version=NO_STREAM)
+    with pytest.raises(ConcurrencyError):
+        store.append("s-2", [], expected_version=3)
+
+
+def test_a_stream_named_twice_with_an_expectation_is_refused(store: Store) -> None:
+    with pytest.raises(EventValidationError, match="appears twice with an expected version"):
+        store.append_many([StreamAppend("s-1", [sms(1)], NO_STREAM), StreamAppend("s-1", [])])
+    result = store.append_many([StreamAppend("s-1", [sms(2)]), StreamAppend("s-1", [sms(3)])])
+    assert [e.stream_version for e in result.events] == [1, 2]
+
+
+def test_numbers_that_jsonb_rewrites_still_verify(store: Store) -> None:
+    odd = {"zero": -0.0, "big": 1.2345678901234567e19, "huge": 1e20, "tiny": 1e-7, "x": 0.1}
+    store.append("s-1", [sms(1, attributes=odd)])
+    assert store.verify_stream("s-1").ok
