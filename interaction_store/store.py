@@ -285,24 +285,13 @@ class Store:
         expectation; the others still are.
         """
         prepared, expected = self._prepare(appends)
-        if not prepared:
-            self._check_expectations(expected)
-            return AppendResult(())
         with self.pool.connection() as conn:
+            if not prepared:
+                _check_expectations(conn, expected)
+                return AppendResult(())
             result = _append(conn, prepared, expected, in_transaction=False)
         self._notifier.poke(result.position)
         return result
-
-    def _check_expectations(self, expected: dict[str, int | None]) -> None:
-        """An empty append still checks what it expects of its streams."""
-        for stream_id, version in expected.items():
-            if version is None:
-                continue
-            actual = self.stream_version(stream_id)
-            if actual != max(version, 0):
-                raise ConcurrencyError.version_mismatch(
-                    stream_id, "no stream" if version == -1 else version, actual
-                )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -483,8 +472,7 @@ class Store:
     def stream_version(self, stream_id: str) -> int:
         """The stream's current version; 0 when it has no events."""
         with self.pool.connection() as conn:
-            row = conn.execute(query("stream_version"), {"stream_id": stream_id}).fetchone()
-        return int(row[0]) if row else 0
+            return _stream_version(conn, stream_id)
 
     def wait_for(self, position: int, timeout: float = 5.0) -> bool:
         """Wait until the event at ``position`` can be read by gap-safe readers.
@@ -588,6 +576,7 @@ class Transaction:
             [StreamAppend(stream_id, events, expected_version)]
         )
         if not prepared:
+            _check_expectations(self._conn, expected)
             return AppendResult(())
         result = _append(self._conn, prepared, expected, in_transaction=True)
         self.position = max(self.position, result.position)
@@ -642,6 +631,23 @@ def _append(
             log.debug("append collided, retrying: %s", exc.diag.message_primary)
         time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.1)))
     raise DatabaseError(f"append lost the race for its stream versions {_RETRIES} times; try again")
+
+
+def _stream_version(conn: psycopg.Connection[Any], stream_id: str) -> int:
+    row = conn.execute(query("stream_version"), {"stream_id": stream_id}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _check_expectations(conn: psycopg.Connection[Any], expected: dict[str, int | None]) -> None:
+    """An empty append still checks what it expects of its streams."""
+    for stream_id, version in expected.items():
+        if version is None:
+            continue
+        actual = _stream_version(conn, stream_id)
+        if actual != max(version, 0):
+            raise ConcurrencyError.version_mismatch(
+                stream_id, "no stream" if version == -1 else version, actual
+            )
 
 
 def _already_stored(

@@ -382,6 +382,11 @@ def test_an_empty_append_still_checks_its_expectation(store: Store) -> None:
         store.append("s-1", [], expected_version=NO_STREAM)
     with pytest.raises(ConcurrencyError):
         store.append("s-2", [], expected_version=3)
+    with store.transaction() as tx:
+        tx.append("s-2", [sms(2)])
+        tx.append("s-2", [], expected_version=1)  # sees its own transaction's append
+        with pytest.raises(ConcurrencyError):
+            tx.append("s-2", [], expected_version=NO_STREAM)
 
 
 def test_a_stream_named_twice_with_an_expectation_is_refused(store: Store) -> None:
