@@ -536,26 +536,28 @@ def derive_conversation_id(channel: str, key: str) -> str:
     return f"cv-{uuid5(EVENT_NAMESPACE, f'{channel}:{key}').hex}"
 
 
+def _conversation_of(data: InteractionData) -> str:
+    """The interaction's conversation: given, or derived from its thread or source id."""
+    return data.conversation_id or derive_conversation_id(
+        data.channel, data.thread_key or data.external_id
+    )
+
+
 def with_conversation(event: EventBase) -> EventBase:
     """Fill an interaction's ``conversation_id`` from its ``thread_key`` or ``external_id``."""
-    data = getattr(event, "data", None)
+    data = event.data
     if not isinstance(data, InteractionData) or data.conversation_id is not None:
         return event
-    key = data.thread_key or data.external_id
-    conversation_id = derive_conversation_id(data.channel, key)
     return event.model_copy(
-        update={"data": data.model_copy(update={"conversation_id": conversation_id})}
+        update={"data": data.model_copy(update={"conversation_id": _conversation_of(data)})}
     )
 
 
 def stream_for(event: EventBase) -> str:
     """The stream an event belongs to: its conversation, or its customer."""
-    data = getattr(event, "data", None)
+    data = event.data
     if isinstance(data, InteractionData):
-        conversation = data.conversation_id or derive_conversation_id(
-            data.channel, data.thread_key or data.external_id
-        )
-        return f"conversation-{conversation}"
+        return f"conversation-{_conversation_of(data)}"
     if isinstance(data, CustomerData):
         return f"customer-{data.customer_id}"
     if isinstance(data, ConversationData):
