@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar, Final
@@ -79,6 +80,8 @@ log = logging.getLogger(__name__)
 
 _STREAM_ID_MAX = 250
 _RETRIES: Final = 30
+#: Events per statement when a large batch is sent while its next part is prepared.
+_CHUNK: Final = 250
 
 
 class StreamState(Enum):
@@ -206,12 +209,55 @@ class StreamAppend:
     expected_version: ExpectedVersion = ANY
 
 
+#: An event to append and its stream (``None``: the stream its data names).
+_Item = tuple[str | None, EventBase | Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Expectations:
+    """What an append expects of its streams' versions (``None``: any, -1: no stream)."""
+
+    versions: dict[str, int | None] = field(default_factory=dict)
+    idle: dict[str, int | None] = field(default_factory=dict)  # of streams given no events
+    errors: tuple[FieldError, ...] = ()
+
+    @classmethod
+    def of(cls, appends: Sequence[StreamAppend]) -> _Expectations:
+        versions: dict[str, int | None] = {}
+        errors: list[FieldError] = []
+        for part in appends:
+            if not _valid_stream_id(part.stream_id):
+                errors.append(
+                    FieldError(None, "stream_id", f"{part.stream_id!r} is not a stream id")
+                )
+            wanted = _encode_expected(part.expected_version)
+            if part.stream_id in versions and (
+                wanted is not None or versions[part.stream_id] is not None
+            ):
+                errors.append(
+                    FieldError(
+                        None,
+                        "stream_id",
+                        f"{part.stream_id!r} appears twice with an expected version",
+                    )
+                )
+            versions[part.stream_id] = (
+                wanted if wanted is not None else versions.get(part.stream_id)
+            )
+        idle = {
+            part.stream_id: versions[part.stream_id]
+            for part in appends
+            if not part.events and versions[part.stream_id] is not None
+        }
+        return cls(versions, idle, tuple(errors))
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     stream_id: str
     event: EventBase
-    payload: str
-    metadata: str
+    payload: bytes  # canonical JSON, as it reads back from JSONB
+    metadata: bytes
     content_digest: bytes
     metadata_digest: bytes
 
@@ -272,10 +318,11 @@ class Store:
         return self.append_many([StreamAppend(stream_id, events, expected_version)])
 
     def append_batch(self, events: Sequence[EventBase | Mapping[str, Any]]) -> AppendResult:
-        """Append events to the streams their data names (conversation or customer), atomically."""
-        models = [with_conversation(model) for model in self._validate(events)]
-        # One part per event keeps the caller's order (and indexes in errors).
-        return self.append_many([StreamAppend(stream_for(model), [model]) for model in models])
+        """Append events to the streams their data names (conversation or customer), atomically.
+
+        Results and errors keep the caller's order.
+        """
+        return self._write([(None, event) for event in events], _Expectations())
 
     def append_many(self, appends: Sequence[StreamAppend]) -> AppendResult:
         """Append to several streams in one atomic step.
@@ -284,14 +331,8 @@ class Store:
         A stream whose events are all stored already (a replay) is not held to its
         expectation; the others still are.
         """
-        prepared, expected = self._prepare(appends)
-        with self.pool.connection() as conn:
-            if not prepared:
-                _check_expectations(conn, expected)
-                return AppendResult(())
-            result = _append(conn, prepared, expected, in_transaction=False)
-        self._notifier.poke(result.position)
-        return result
+        items: list[_Item] = [(part.stream_id, event) for part in appends for event in part.events]
+        return self._write(items, _Expectations.of(appends))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -302,59 +343,111 @@ class Store:
         if tx.position:
             self._notifier.poke(tx.position)
 
-    def _validate(self, events: Sequence[EventBase | Mapping[str, Any]]) -> list[EventBase]:
-        if len(events) > self.max_batch_events:
-            raise EventValidationError(
-                [
-                    FieldError(
-                        None,
-                        "events",
-                        f"{len(events)} events; the limit is {self.max_batch_events}",
-                    )
-                ]
-            )
-        return parse_events(events, phone_region=self.phone_region)
+    def _write(self, items: list[_Item], expected: _Expectations) -> AppendResult:
+        if len(items) > self.max_batch_events:
+            reason = f"{len(items)} events; the limit is {self.max_batch_events}"
+            raise EventValidationError([FieldError(None, "events", reason)])
+        with self.pool.connection() as conn:
+            if len(items) > _CHUNK and not expected.errors:
+                result = self._append_overlapped(conn, items, expected)
+            else:
+                result = _append_prepared(conn, self._prepare(items, expected), expected)
+        if result.events:
+            self._notifier.poke(result.position)
+        return result
 
-    def _prepare(
-        self, appends: Sequence[StreamAppend]
-    ) -> tuple[list[_Prepared], dict[str, int | None]]:
-        """Validate and serialise a batch; every error of the batch is reported at once."""
-        flat: list[tuple[str, EventBase | Mapping[str, Any]]] = [
-            (a.stream_id, e) for a in appends for e in a.events
-        ]
-        models = self._validate([event for _, event in flat])
+    def _append_overlapped(
+        self, conn: psycopg.Connection[Any], items: list[_Item], expected: _Expectations
+    ) -> AppendResult:
+        """Append a large batch in chunks, each sent while the next one is prepared.
+
+        Validating and serialising in Python costs about as much as the database's work,
+        and the two can run on different cores: in pipeline mode a chunk's statement goes
+        to the server without waiting for its result, and Python prepares the next chunk
+        meanwhile. The chunks are statements of one transaction, so the batch stays
+        atomic, in the caller's order. Any refusal (a collision, a failed expectation)
+        rolls it all back and the whole batch runs again through ``_append``, which
+        resolves replays, conflicts and races.
+        """
         errors: list[FieldError] = []
-        expected: dict[str, int | None] = {}
-        for part in appends:
-            if not _valid_stream_id(part.stream_id):
-                errors.append(
-                    FieldError(None, "stream_id", f"{part.stream_id!r} is not a stream id")
-                )
-            wanted = _encode_expected(part.expected_version)
-            if part.stream_id in expected and (
-                wanted is not None or expected[part.stream_id] is not None
-            ):
-                errors.append(
-                    FieldError(
-                        None,
-                        "stream_id",
-                        f"{part.stream_id!r} appears twice with an expected version",
-                    )
-                )
-            expected[part.stream_id] = (
-                wanted if wanted is not None else expected.get(part.stream_id)
-            )
-        prepared: list[_Prepared] = []
         seen: dict[UUID, int] = {}
-        for index, ((stream_id, _), model) in enumerate(zip(flat, models, strict=True)):
+        prepared: list[_Prepared] = []
+        placed: dict[UUID, tuple[int, int]] = {}
+        refused: psycopg.Error | None = None
+        claimed: set[str] = set()  # streams whose expectation a sent chunk carries
+        with conn.transaction():
+            _check_expectations(conn, expected.idle)
+            try:
+                with conn.pipeline():
+                    sent: list[psycopg.Cursor[Any]] = []
+                    for start in range(0, len(items), _CHUNK):
+                        chunk = self._prepare_chunk(
+                            items[start : start + _CHUNK], start, seen, errors
+                        )
+                        prepared.extend(chunk)
+                        if errors or refused:
+                            continue  # nothing more is sent, but every event is checked
+                        wanted: dict[str, int | None] = {}
+                        for p in chunk:
+                            if p.stream_id not in claimed:
+                                claimed.add(p.stream_id)
+                                wanted[p.stream_id] = expected.versions.get(p.stream_id)
+                        try:
+                            sent.append(conn.execute(*_insert_statement(chunk, wanted)))
+                        except psycopg.Error as exc:  # an earlier chunk's result, refused
+                            refused = exc
+                # Leaving the pipeline waited for every result.
+                if not (errors or refused):
+                    for cursor in sent:
+                        placed.update(_placed(cursor))
+            except psycopg.Error as exc:
+                refused = refused or exc
+            if errors or refused:
+                raise psycopg.Rollback()
+        if errors:
+            raise EventValidationError(errors)
+        if refused is not None:
+            log.debug("chunked append refused, running it whole: %s", refused)
+            return _append_prepared(conn, prepared, expected)
+        return _result(prepared, placed, {})
+
+    def _prepare(self, items: list[_Item], expected: _Expectations) -> list[_Prepared]:
+        """Validate and serialise a batch; every error of the batch is reported at once."""
+        errors = list(expected.errors)
+        prepared = self._prepare_chunk(items, 0, {}, errors)
+        if errors:
+            raise EventValidationError(errors)
+        return prepared
+
+    def _prepare_chunk(
+        self, items: list[_Item], offset: int, seen: dict[UUID, int], errors: list[FieldError]
+    ) -> list[_Prepared]:
+        """Validate and serialise ``items``, found at ``offset`` in their batch.
+
+        Adds each problem to ``errors``; ``seen`` holds the event ids met so far in the
+        batch. An item without a stream goes to the one its data names.
+        """
+        try:
+            models = parse_events([event for _, event in items], phone_region=self.phone_region)
+        except EventValidationError as exc:
+            errors.extend(
+                e if e.index is None else FieldError(e.index + offset, e.field, e.reason)
+                for e in exc.errors
+            )
+            return []
+        prepared: list[_Prepared] = []
+        for index, ((stream_id, _), model) in enumerate(zip(items, models, strict=True), offset):
+            if stream_id is None:
+                model = with_conversation(model)
+                stream_id = stream_for(model)
             if model.id in seen:
                 errors.append(
                     FieldError(index, "id", f"repeats the id of events[{seen[model.id]}]")
                 )
             seen.setdefault(model.id, index)
             try:
-                data = _as_stored(model.data.model_dump(mode="json", exclude_none=True))
-                payload = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+                data = model.data.model_dump(mode="json", exclude_none=True)
+                payload = _stored_json(data)
             except (TypeError, ValueError) as exc:  # PydanticSerializationError is a ValueError
                 errors.append(FieldError(index, "data", f"is not JSON: {exc}"))
                 continue
@@ -372,28 +465,25 @@ class Store:
                     FieldError(index, f"data.{_nul_path(data)}", "contains a NUL character")
                 )
                 continue
-            metadata = model.metadata.model_dump(mode="json", exclude_none=True)
-            event_type: str = model.type
+            metadata = _stored_json(model.metadata.model_dump(mode="json", exclude_none=True))
             prepared.append(
                 _Prepared(
                     stream_id=stream_id,
                     event=model,
-                    payload=payload.decode(),
-                    metadata=orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode(),
+                    payload=payload,
+                    metadata=metadata,
                     content_digest=content_digest(
                         event_id=model.id,
                         stream_id=stream_id,
-                        type=event_type,
+                        type=model.type,
                         schema_version=model.schema_version,
                         occurred_at=model.occurred_at,
-                        data=data,
+                        data=orjson.Fragment(payload),
                     ),
-                    metadata_digest=metadata_digest(metadata),
+                    metadata_digest=metadata_digest(orjson.Fragment(metadata)),
                 )
             )
-        if errors:
-            raise EventValidationError(errors)
-        return prepared, expected
+        return prepared
 
     # Reading ----------------------------------------------------------------------
 
@@ -572,13 +662,13 @@ class Transaction:
         events: Sequence[EventBase | Mapping[str, Any]],
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
-        prepared, expected = self._store._prepare(
-            [StreamAppend(stream_id, events, expected_version)]
-        )
+        expected = _Expectations.of([StreamAppend(stream_id, events, expected_version)])
+        items: list[_Item] = [(stream_id, event) for event in events]
+        prepared = self._store._prepare(items, expected)
         if not prepared:
-            _check_expectations(self._conn, expected)
+            _check_expectations(self._conn, expected.versions)
             return AppendResult(())
-        result = _append(self._conn, prepared, expected, in_transaction=True)
+        result = _append(self._conn, prepared, expected.versions, in_transaction=True)
         self.position = max(self.position, result.position)
         return result
 
@@ -633,6 +723,20 @@ def _append(
     raise DatabaseError(f"append lost the race for its stream versions {_RETRIES} times; try again")
 
 
+def _append_prepared(
+    conn: psycopg.Connection[Any], prepared: list[_Prepared], expected: _Expectations
+) -> AppendResult:
+    """Append a prepared batch in one statement, checking streams given no events too."""
+    if not prepared:
+        _check_expectations(conn, expected.versions)
+        return AppendResult(())
+    if expected.idle:
+        with conn.transaction():
+            _check_expectations(conn, expected.idle)
+            return _append(conn, prepared, expected.versions, in_transaction=True)
+    return _append(conn, prepared, expected.versions, in_transaction=False)
+
+
 def _stream_version(conn: psycopg.Connection[Any], stream_id: str) -> int:
     row = conn.execute(query("stream_version"), {"stream_id": stream_id}).fetchone()
     return int(row[0]) if row else 0
@@ -682,43 +786,52 @@ def _insert(
     conn: psycopg.Connection[Any], prepared: list[_Prepared], expected: dict[str, int | None]
 ) -> dict[UUID, tuple[int, int]]:
     """Run the append statement once; the new events' (position, version) by id."""
+    return _placed(conn.execute(*_insert_statement(prepared, expected)))
+
+
+def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
+    return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+
+
+def _insert_statement(
+    prepared: list[_Prepared], expected: dict[str, int | None]
+) -> tuple[str, dict[str, Any]]:
+    """The append statement for ``prepared`` and its parameters."""
     if len(prepared) == 1:
         [p] = prepared
-        row = conn.execute(
-            query("append_event"),
-            {
-                "event_id": p.event.id,
-                "stream_id": p.stream_id,
-                "expected": expected.get(p.stream_id),
-                "type": p.event.type,
-                "schema_version": p.event.schema_version,
-                "occurred_at": p.event.occurred_at,
-                "payload": p.payload,
-                "metadata": p.metadata,
-                "content_digest": p.content_digest,
-                "metadata_digest": p.metadata_digest,
-            },
-        ).fetchone()
-        assert row is not None
-        return {row[0]: (row[1], row[2])}
+        return query("append_event"), {
+            "event_id": p.event.id,
+            "stream_id": p.stream_id,
+            "expected": expected.get(p.stream_id),
+            "type": p.event.type,
+            "schema_version": p.event.schema_version,
+            "occurred_at": p.event.occurred_at,
+            "payload": p.payload.decode(),
+            "metadata": p.metadata.decode(),
+            "content_digest": p.content_digest,
+            "metadata_digest": p.metadata_digest,
+        }
     streams = sorted({p.stream_id for p in prepared})
     index = {stream: i for i, stream in enumerate(streams, start=1)}
-    params = {
+    rows = [
+        (
+            p.event.id,
+            index[p.stream_id],
+            p.event.type,
+            p.event.schema_version,
+            p.event.occurred_at,
+            p.content_digest.hex(),
+            p.metadata_digest.hex(),
+            orjson.Fragment(p.payload),
+            orjson.Fragment(p.metadata),
+        )
+        for p in prepared
+    ]
+    return query("append_events"), {
         "streams": streams,
         "expected": [expected.get(s) for s in streams],
-        "stream_index": [index[p.stream_id] for p in prepared],
-        "event_streams": [p.stream_id for p in prepared],
-        "event_ids": [p.event.id for p in prepared],
-        "types": [p.event.type for p in prepared],
-        "schema_versions": [p.event.schema_version for p in prepared],
-        "occurred_at": [p.event.occurred_at for p in prepared],
-        "payloads": [p.payload for p in prepared],
-        "metadata": [p.metadata for p in prepared],
-        "content_digests": [p.content_digest for p in prepared],
-        "metadata_digests": [p.metadata_digest for p in prepared],
+        "events": orjson.dumps(rows).decode(),
     }
-    rows = conn.execute(query("append_events"), params).fetchall()
-    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def _translate(exc: psycopg.Error) -> Exception:
@@ -751,12 +864,30 @@ def _valid_stream_id(stream_id: str) -> bool:
     return stream_id.isprintable() and _STREAM_ID.fullmatch(stream_id) is not None
 
 
+# How orjson writes the only numbers that JSONB gives back as other JSON: integral floats
+# of 1e16 and more, in exponent form ("1e+16" reads back as 10000000000000000), and -0.0
+# (numeric has no negative zero). Both are rare, so a quick look for "e+" and "-0.0"
+# comes first. A number follows ":", "," or "["; a string that looks
+# the same (": 1e5") costs a second look, never a wrong digest.
+_UNSTABLE_NUMBER = re.compile(rb"[:,\[]-?[0-9]+(?:\.[0-9]+)?e|[:,\[]-0\.0[,\]}]")
+
+
+def _stored_json(value: Any) -> bytes:
+    """Canonical JSON of ``value`` as it reads back from JSONB, so the digest of what was
+    appended is the digest of what is stored."""
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if (b"e+" in text or b"-0.0" in text) and _UNSTABLE_NUMBER.search(text):
+        text = orjson.dumps(_as_stored(value), option=orjson.OPT_SORT_KEYS)
+    return text
+
+
 def _as_stored(value: Any) -> Any:
-    """``value`` as it reads back from JSONB, so the digest of what was appended is the
-    digest of what is stored: an integral float reads back as an integer (1e19, -0.0)."""
+    """``value`` with the floats JSONB rewrites (see ``_UNSTABLE_NUMBER``) as integers."""
     if isinstance(value, float):
-        if value.is_integer() and -(2**63) <= value < 2**64:
-            return int(value)
+        if value.is_integer() and (
+            abs(value) >= 1e16 or (value == 0 and math.copysign(1, value) < 0)
+        ):
+            return int(value) if abs(value) < 2**64 else value
         return value
     if isinstance(value, dict):
         return {key: _as_stored(item) for key, item in value.items()}

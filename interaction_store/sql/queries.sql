@@ -6,11 +6,20 @@
 -- event), extend the hash chains (append_chain), insert. A concurrent append that wrote
 -- the same stream version or event id first makes this fail with a unique violation;
 -- the store then resolves the idempotent case or retries against the new head.
--- Parameters are binary: the text array format would escape every element in Python.
-WITH heads AS (
+-- The events come as one JSON array of rows, [id, stream index, type, schema version,
+-- occurred_at, content digest (hex), metadata digest (hex), data, metadata]: one
+-- parameter the client writes in C, where a dozen arrays cost a Python call per element.
+WITH batch AS MATERIALIZED (
+    SELECT b.ord, (b.r->>0)::uuid AS event_id, (b.r->>1)::integer AS stream_index,
+           b.r->>2 AS type, (b.r->>3)::integer AS schema_version,
+           (b.r->>4)::timestamptz AS occurred_at, decode(b.r->>5, 'hex') AS content_digest,
+           decode(b.r->>6, 'hex') AS metadata_digest, b.r->7 AS payload, b.r->8 AS metadata
+      FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS b(r, ord)
+),
+heads AS (
     SELECT array_agg(coalesce(h.stream_version, 0) ORDER BY s.ord) AS versions,
            array_agg(coalesce(h.hash, decode(repeat('00', 32), 'hex')) ORDER BY s.ord) AS hashes
-      FROM unnest(%(streams)b::text[]) WITH ORDINALITY AS s(stream_id, ord)
+      FROM unnest(%(streams)s::text[]) WITH ORDINALITY AS s(stream_id, ord)
       LEFT JOIN LATERAL (
           SELECT e.stream_version, e.hash
             FROM events AS e
@@ -18,23 +27,27 @@ WITH heads AS (
            ORDER BY e.stream_version DESC
            LIMIT 1
       ) AS h ON true
+),
+chain AS (
+    SELECT c.versions, c.prev_hashes, c.hashes
+      FROM heads,
+           append_chain(heads.versions, heads.hashes, %(expected)s::bigint[],
+                        %(streams)s::text[],
+                        (SELECT array_agg(stream_index ORDER BY ord) FROM batch),
+                        (SELECT array_agg(content_digest ORDER BY ord) FROM batch),
+                        (SELECT array_agg(metadata_digest ORDER BY ord) FROM batch),
+                        (extract(epoch FROM now()) * 1000000)::bigint) AS c
 )
 INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type, schema_version,
                     occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
-SELECT pg_current_xact_id(), u.id, u.stream_id, u.version, u.type, u.schema_version,
-       u.occurred_at, now(), u.payload::jsonb, u.metadata::jsonb, u.content_digest, u.hash, u.prev
-  FROM heads,
-       append_chain(heads.versions, heads.hashes, %(expected)b::bigint[], %(streams)b::text[],
-                    %(stream_index)b::integer[], %(content_digests)b::bytea[],
-                    %(metadata_digests)b::bytea[],
-                    (extract(epoch FROM now()) * 1000000)::bigint) AS c,
-       unnest(%(event_ids)b::uuid[], %(event_streams)b::text[], %(types)b::text[],
-              %(schema_versions)b::integer[], %(occurred_at)b::timestamptz[],
-              %(payloads)b::text[], %(metadata)b::text[], %(content_digests)b::bytea[],
-              c.versions, c.prev_hashes, c.hashes)
-           WITH ORDINALITY AS u(id, stream_id, type, schema_version, occurred_at, payload,
-                                metadata, content_digest, version, prev, hash, ord)
- ORDER BY u.ord
+SELECT pg_current_xact_id(), b.event_id, (%(streams)s::text[])[b.stream_index], l.version,
+       b.type, b.schema_version, b.occurred_at, now(), b.payload, b.metadata,
+       b.content_digest, l.hash, l.prev
+  FROM chain,
+       unnest(chain.versions, chain.prev_hashes, chain.hashes)
+           WITH ORDINALITY AS l(version, prev, hash, ord)
+  JOIN batch AS b ON b.ord = l.ord
+ ORDER BY b.ord
 RETURNING event_id, position, stream_version
 
 -- name: append_event --
