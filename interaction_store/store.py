@@ -367,7 +367,9 @@ class Store:
         meanwhile. The chunks are statements of one transaction, so the batch stays
         atomic, in the caller's order. Any refusal (a collision, a failed expectation)
         rolls it all back and the whole batch runs again through ``_append``, which
-        resolves replays, conflicts and races.
+        resolves replays, conflicts and races. Only the pipeline's exit syncs: an explicit
+        sync after a message of a megabyte or more can deadlock psycopg 3.3.9 over a Unix
+        socket (``test_a_large_batch_of_large_events_does_not_stall_the_pipeline``).
         """
         errors: list[FieldError] = []
         seen: dict[UUID, int] = {}

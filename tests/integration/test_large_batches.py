@@ -161,3 +161,18 @@ def test_concurrent_large_batches_on_shared_streams_interleave_safely(
         assert [r.stream_version for r in read] == list(range(1, len(read) + 1))
         assert store.verify_stream(f"conversation-c-{n}").ok
     assert sum(per_stream.values()) == writers * rounds * SIZE
+
+
+@pytest.mark.timeout(60)
+def test_a_large_batch_of_large_events_does_not_stall_the_pipeline(
+    store: Store, database_url: str
+) -> None:
+    # Over a Unix socket, a pipeline message of a megabyte or more can deadlock psycopg's
+    # sync; the store keeps each statement of a chunked batch well below that.
+    events = batch(CHUNK + 20)
+    for i in range(0, len(events), 20):
+        events[i]["data"]["text"] = f"{i:06d}" + "x" * 900_000
+    result = store.append_batch(events)
+    assert result.appended == len(events)
+    assert count_events(database_url) == len(events)
+    assert len(store.read_stream("conversation-c-0")[0].data["text"]) == 900_006
