@@ -4,6 +4,8 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
+HEAD = "0002_projections"
+
 
 def tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
@@ -20,8 +22,11 @@ def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_database_url: str)
     assert tables(url) == set()
 
     migrate(url)
-    assert current_revision(url) == "0001_events"
-    assert "events" in tables(url)
+    assert current_revision(url) == HEAD
+    assert {"events", "timeline", "identities", "projection_checkpoints"} <= tables(url)
+
+    downgrade(url, "0001_events")
+    assert tables(url) == {"events"}
 
     downgrade(url, "base")
     assert current_revision(url) is None
@@ -29,14 +34,14 @@ def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_database_url: str)
     with psycopg.connect(url) as conn:
         functions = conn.execute(
             "SELECT proname FROM pg_proc"
-            " WHERE proname IN ('append_chain', 'events_are_append_only')"
+            " WHERE proname IN ('append_chain', 'events_are_append_only', 'resolve_customer')"
         ).fetchall()
     assert functions == []
 
     migrate(url)
-    assert current_revision(url) == "0001_events"
+    assert current_revision(url) == HEAD
 
 
 def test_migrating_twice_is_a_no_op(database_url: str) -> None:
     migrate(database_url)
-    assert current_revision(database_url) == "0001_events"
+    assert current_revision(database_url) == HEAD

@@ -1,0 +1,240 @@
+"""The identity graph and the cross-channel timeline, kept in one projection.
+
+Every interaction row keeps the contact it arrived with and its *owner*: the customer
+named in the event, else the customer its contact is linked to, else the contact's
+provisional customer. Its ``customer_id`` is the owner with merges followed
+(``resolve_customer``). Links, unlinks, merges and unmerges recompute exactly the rows
+they touch from those two facts, so any order of them gives the rows a rebuild from
+zero would give, and an unmerge puts every event back where it was.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+from uuid import uuid5
+
+import psycopg
+
+from interaction_store.events import EVENT_NAMESPACE, derive_conversation_id
+from interaction_store.store import RecordedEvent
+
+__all__ = ["SNIPPET_LENGTH", "TimelineProjection", "provisional_customer_id", "snippet"]
+
+SNIPPET_LENGTH: Final = 160
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+
+
+def provisional_customer_id(kind: str, value: str) -> str:
+    """The stable id of the provisional customer of a contact no customer claims."""
+    return f"pc-{uuid5(EVENT_NAMESPACE, f'contact:{kind}:{value}').hex[:20]}"
+
+
+def snippet(text: str | None, length: int = SNIPPET_LENGTH) -> str:
+    """A short plain-text preview: tags dropped, entities decoded, whitespace folded."""
+    plain = _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text or ""))).strip()
+    return plain if len(plain) <= length else plain[: length - 1].rstrip() + "…"
+
+
+def _content(data: dict[str, Any]) -> str | None:
+    for key in ("text", "body", "transcript", "reason"):
+        if data.get(key):
+            return str(data[key])
+    return None
+
+
+class TimelineProjection:
+    """Maintains ``identities``, ``customer_merges`` and ``timeline``."""
+
+    name = "timeline"
+
+    def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+        for event in events:
+            handler = _HANDLERS.get(event.type.split(".")[0])
+            if handler is not None:
+                handler(conn, event)
+
+
+def _interaction(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
+    data = event.data
+    contact = data["contact"]
+    kind, value = contact["kind"], contact["value"]
+    named = data.get("customer_id")
+    owner = named if named is not None else _owner_of_contact(conn, kind, value, event.position)
+    conversation = data.get("conversation_id") or derive_conversation_id(
+        data["channel"], data.get("thread_key") or data["external_id"]
+    )
+    conn.execute(
+        """
+        INSERT INTO timeline (position, event_id, owner_id, named_customer, customer_id,
+                              occurred_at, channel, direction, type, conversation_id,
+                              agent_id, contact_kind, contact_value, subject, snippet)
+        VALUES (%s, %s, %s, %s, resolve_customer(%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        """,
+        (
+            event.position,
+            event.event_id,
+            owner,
+            named is not None,
+            owner,
+            event.occurred_at,
+            data["channel"],
+            data["direction"],
+            event.type,
+            conversation,
+            data.get("agent_id"),
+            kind,
+            value,
+            data.get("subject"),
+            snippet(_content(data)),
+        ),
+    )
+
+
+def _owner_of_contact(conn: psycopg.Connection[Any], kind: str, value: str, position: int) -> str:
+    """The contact's customer; a contact seen for the first time gets a provisional one."""
+    row = conn.execute(
+        """
+        INSERT INTO identities (kind, value, customer_id, confidence, reason, position)
+        VALUES (%s, %s, %s, 'provisional', 'first seen', %s)
+        ON CONFLICT (kind, value) DO UPDATE SET kind = excluded.kind
+        RETURNING customer_id
+        """,
+        (kind, value, provisional_customer_id(kind, value), position),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
+    data = event.data
+    customer = data["customer_id"]
+    if event.type == "customer.registered":
+        for contact in data.get("contacts", []):
+            _link(conn, contact, customer, "verified", "registered", None, event.position)
+    elif event.type == "customer.identity_linked":
+        _link(
+            conn,
+            data["contact"],
+            customer,
+            data.get("confidence", "verified"),
+            data.get("reason", ""),
+            data.get("source"),
+            event.position,
+        )
+    elif event.type == "customer.identity_unlinked":
+        kind, value = data["contact"]["kind"], data["contact"]["value"]
+        conn.execute(
+            """
+            UPDATE identities
+               SET customer_id = %s, confidence = 'provisional', reason = %s, source = NULL,
+                   position = %s
+             WHERE kind = %s AND value = %s AND customer_id = %s
+            """,
+            (
+                provisional_customer_id(kind, value),
+                data.get("reason") or "unlinked",
+                event.position,
+                kind,
+                value,
+                customer,
+            ),
+        )
+        _reattribute_contact(conn, kind, value)
+    elif event.type == "customer.merged":
+        source = data["source_customer_id"]
+        if _resolve(conn, customer) == _resolve(conn, source):
+            raise ValueError(f"{source} is {customer} already: merging would make a cycle")
+        before = _resolve(conn, source)
+        conn.execute(
+            """
+            INSERT INTO customer_merges (source_customer_id, target_customer_id, position)
+            VALUES (%s, %s, %s)
+            ON CONFLICT (source_customer_id) DO UPDATE
+               SET target_customer_id = excluded.target_customer_id,
+                   position = excluded.position
+            """,
+            (source, customer, event.position),
+        )
+        _reresolve(conn, before)
+    elif event.type == "customer.unmerged":
+        before = _resolve(conn, customer)
+        conn.execute(
+            "DELETE FROM customer_merges WHERE source_customer_id = %s AND target_customer_id = %s",
+            (data["source_customer_id"], customer),
+        )
+        _reresolve(conn, before)
+
+
+def _link(
+    conn: psycopg.Connection[Any],
+    contact: dict[str, str],
+    customer: str,
+    confidence: str,
+    reason: str,
+    source: str | None,
+    position: int,
+) -> None:
+    kind, value = contact["kind"], contact["value"]
+    conn.execute(
+        """
+        INSERT INTO identities (kind, value, customer_id, confidence, reason, source, position)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (kind, value) DO UPDATE
+           SET customer_id = excluded.customer_id, confidence = excluded.confidence,
+               reason = excluded.reason, source = excluded.source,
+               position = excluded.position
+        """,
+        (kind, value, customer, confidence, reason, source, position),
+    )
+    _reattribute_contact(conn, kind, value)
+
+
+def _reattribute_contact(conn: psycopg.Connection[Any], kind: str, value: str) -> None:
+    """Give every interaction of the contact (that names no customer) its current owner."""
+    conn.execute(
+        """
+        UPDATE timeline AS t
+           SET owner_id = i.customer_id, customer_id = resolve_customer(i.customer_id)
+          FROM identities AS i
+         WHERE i.kind = %(kind)s AND i.value = %(value)s
+           AND t.contact_kind = %(kind)s AND t.contact_value = %(value)s
+           AND NOT t.named_customer
+           AND (t.owner_id, t.customer_id)
+               IS DISTINCT FROM (i.customer_id, resolve_customer(i.customer_id))
+        """,
+        {"kind": kind, "value": value},
+    )
+
+
+def _reresolve(conn: psycopg.Connection[Any], customer: str) -> None:
+    """Follow the merges again for the rows that resolved to ``customer``: the only ones
+    a merge or unmerge involving it can move."""
+    conn.execute(
+        """
+        UPDATE timeline
+           SET customer_id = resolve_customer(owner_id)
+         WHERE customer_id = %(customer)s AND resolve_customer(owner_id) <> %(customer)s
+        """,
+        {"customer": customer},
+    )
+
+
+def _resolve(conn: psycopg.Connection[Any], customer: str) -> str:
+    row = conn.execute("SELECT resolve_customer(%s)", (customer,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+_HANDLERS = {
+    "email": _interaction,
+    "call": _interaction,
+    "chat": _interaction,
+    "sms": _interaction,
+    "tweet": _interaction,
+    "callback": _interaction,
+    "customer": _customer,
+}
