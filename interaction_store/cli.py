@@ -21,8 +21,9 @@ import orjson
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from interaction_store import db
+from interaction_store import db, views
 from interaction_store.demo import generate, story
 from interaction_store.embedded import EmbeddedPostgres
 from interaction_store.events import parse_events
@@ -32,6 +33,7 @@ from interaction_store.exceptions import (
     EventValidationError,
     InteractionStoreError,
 )
+from interaction_store.projections import ProjectionRunner, TimelineProjection
 from interaction_store.settings import Settings
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
@@ -333,6 +335,64 @@ def _json_line(event: RecordedEvent) -> str:
 
 
 # demo and generate --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Catch up with the log, then exit.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.pass_obj
+def project(obj: Context, once: bool, batch_size: int) -> None:
+    """Run the projections alone: catch up from their checkpoints, then follow the log.
+
+    Two of these may run at once; each batch is applied by exactly one of them.
+    """
+    with obj.store(migrate=True) as store:
+        runner = ProjectionRunner(store, [TimelineProjection()], batch_size=batch_size)
+        try:
+            applied = runner.catch_up()
+            click.echo(f"caught up: {applied:,} events applied")
+            if not once:
+                runner.run()
+        except KeyboardInterrupt:
+            runner.stop()
+        for lag in runner.lag():
+            click.echo(f"{lag.projection}: at position {lag.position:,}, {lag.events:,} behind")
+
+
+@cli.command(name="timeline")
+@click.argument("who")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--channel", type=click.Choice(["email", "voice", "chat", "sms", "twitter"]))
+@click.pass_obj
+def timeline_command(obj: Context, who: str, limit: int, channel: str | None) -> None:
+    """Print a customer's cross-channel timeline, newest first.
+
+    WHO is a customer id (cu-1001) or an identity (email:alice@example.com,
+    phone:+14155550100). The projections catch up first.
+
+    \b
+      interaction-store timeline email:dana@northwind.example
+    """
+    with obj.store(migrate=True) as store:
+        ProjectionRunner(store, [TimelineProjection()]).catch_up()
+        with store.pool.connection() as conn:
+            customer = views.lookup_customer(conn, who) if ":" in who else who
+            if customer is None:
+                raise click.ClickException(f"no customer has the identity {who}")
+            items = views.timeline(conn, customer, limit=limit, channel=channel)
+    table = Table(title=f"{customer}: {len(items)} interactions, newest first")
+    for column in ("when", "channel", "dir", "who", "subject / snippet", "conversation"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(
+            f"{item.occurred_at:%Y-%m-%d %H:%M}",
+            item.channel,
+            "in" if item.direction == "inbound" else "out",
+            item.agent_id or item.contact,
+            " · ".join(part for part in (item.subject, item.snippet) if part),
+            item.conversation_id,
+        )
+    Console().print(table)
 
 
 @cli.command()

@@ -115,3 +115,18 @@ def test_append_and_tail_refuse_a_database_without_the_schema(empty_database_url
         result = runner.invoke(cli, ["--database-url", empty_database_url, *args], input=b"")
         assert result.exit_code != 0
         assert "run `interaction-store migrate` first" in str(result.exception)
+
+
+def test_timeline_shows_the_at_risk_customers_email_then_call(run) -> None:  # type: ignore[no-untyped-def]
+    assert run("demo").exit_code == 0
+    result = run("project", "--once")
+    assert result.exit_code == 0, result.output
+    assert "timeline: at position" in result.output
+    shown = run("timeline", "phone:(415) 555-0142", "--limit", "10")
+    assert shown.exit_code == 0, shown.output
+    assert "cu-northwind-mchen" in shown.output
+    lines = shown.output.splitlines()
+    call = next(i for i, line in enumerate(lines) if "voice" in line)
+    mail = next(i for i, line in enumerate(lines) if "email" in line and " in " in line)
+    assert call < mail  # newest first: the call came after the email
+    assert run("timeline", "email:nobody@example.com").exit_code != 0
