@@ -34,6 +34,7 @@ from interaction_store.exceptions import (
     InteractionStoreError,
 )
 from interaction_store.projections import ProjectionRunner, TimelineProjection
+from interaction_store.projections.timeline import snippet
 from interaction_store.settings import Settings
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
@@ -381,15 +382,19 @@ def timeline_command(obj: Context, who: str, limit: int, channel: str | None) ->
                 raise click.ClickException(f"no customer has the identity {who}")
             items = views.timeline(conn, customer, limit=limit, channel=channel)
     table = Table(title=f"{customer}: {len(items)} interactions, newest first")
-    for column in ("when", "channel", "dir", "who", "subject / snippet", "conversation"):
-        table.add_column(column)
+    table.add_column("when", no_wrap=True, min_width=16)
+    table.add_column("channel", no_wrap=True, min_width=7)
+    table.add_column("dir", no_wrap=True, min_width=3)
+    table.add_column("who", max_width=28)
+    table.add_column("subject / snippet", max_width=70)
+    table.add_column("conversation", max_width=22, overflow="fold")
     for item in items:
         table.add_row(
             f"{item.occurred_at:%Y-%m-%d %H:%M}",
             item.channel,
             "in" if item.direction == "inbound" else "out",
             item.agent_id or item.contact,
-            " · ".join(part for part in (item.subject, item.snippet) if part),
+            snippet(" · ".join(part for part in (item.subject, item.snippet) if part), 90),
             item.conversation_id,
         )
     Console().print(table)
