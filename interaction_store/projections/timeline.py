@@ -20,6 +20,7 @@ import psycopg
 
 from interaction_store.events import EVENT_NAMESPACE, derive_conversation_id
 from interaction_store.store import RecordedEvent
+from interaction_store.views import resolve_customer
 
 __all__ = ["SNIPPET_LENGTH", "TimelineProjection", "provisional_customer_id", "snippet"]
 
@@ -146,9 +147,9 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
         _reattribute_contact(conn, kind, value)
     elif event.type == "customer.merged":
         source = data["source_customer_id"]
-        if _resolve(conn, customer) == _resolve(conn, source):
+        before = resolve_customer(conn, source)
+        if resolve_customer(conn, customer) == before:
             raise ValueError(f"{source} is {customer} already: merging would make a cycle")
-        before = _resolve(conn, source)
         conn.execute(
             """
             INSERT INTO customer_merges (source_customer_id, target_customer_id, position)
@@ -161,7 +162,7 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
         )
         _reresolve(conn, before)
     elif event.type == "customer.unmerged":
-        before = _resolve(conn, customer)
+        before = resolve_customer(conn, customer)
         conn.execute(
             "DELETE FROM customer_merges WHERE source_customer_id = %s AND target_customer_id = %s",
             (data["source_customer_id"], customer),
@@ -221,12 +222,6 @@ def _reresolve(conn: psycopg.Connection[Any], customer: str) -> None:
         """,
         {"customer": customer},
     )
-
-
-def _resolve(conn: psycopg.Connection[Any], customer: str) -> str:
-    row = conn.execute("SELECT resolve_customer(%s)", (customer,)).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 _HANDLERS = {
