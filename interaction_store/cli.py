@@ -19,6 +19,7 @@ from typing import IO, Any
 import click
 import orjson
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -33,7 +34,9 @@ from interaction_store.exceptions import (
     EventValidationError,
     InteractionStoreError,
 )
-from interaction_store.projections import ProjectionRunner, TimelineProjection
+from interaction_store.projections import ProjectionRunner, all_projections
+from interaction_store.projections.rebuild import RebuildError, rebuild
+from interaction_store.projections.runner import DeadLetterError
 from interaction_store.projections.timeline import snippet
 from interaction_store.settings import Settings
 from interaction_store.store import Checkpoint, RecordedEvent, Store
@@ -228,9 +231,11 @@ def _size_of(source: IO[bytes]) -> int | None:
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool, total: int | None) -> Iterator[tuple[Progress, Any]]:
+def _progress(
+    quiet: bool, total: int | None, label: str = "appending"
+) -> Iterator[tuple[Progress, Any]]:
     progress = Progress(
-        TextColumn("appending"),
+        TextColumn(label),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
@@ -239,7 +244,7 @@ def _progress(quiet: bool, total: int | None) -> Iterator[tuple[Progress, Any]]:
         transient=False,
     )
     with progress:
-        yield progress, progress.add_task("append", total=total)
+        yield progress, progress.add_task(label, total=total)
 
 
 # tail ---------------------------------------------------------------------------------
@@ -343,12 +348,13 @@ def _json_line(event: RecordedEvent) -> str:
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
 @click.pass_obj
 def project(obj: Context, once: bool, batch_size: int) -> None:
-    """Run the projections alone: catch up from their checkpoints, then follow the log.
+    """Run the projections (timeline, customers, conversations) alone: catch up from their
+    checkpoints, then follow the log.
 
     Two of these may run at once; each batch is applied by exactly one of them.
     """
     with obj.store(migrate=True) as store:
-        runner = ProjectionRunner(store, [TimelineProjection()], batch_size=batch_size)
+        runner = ProjectionRunner(store, all_projections(), batch_size=batch_size)
         try:
             applied = runner.catch_up()
             click.echo(f"caught up: {applied:,} events applied")
@@ -360,13 +366,153 @@ def project(obj: Context, once: bool, batch_size: int) -> None:
             click.echo(f"{lag.projection}: at position {lag.position:,}, {lag.events:,} behind")
 
 
+@cli.command()
+@click.option(
+    "--stalled-after",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds without progress, with events waiting, that count as stalled.",
+)
+@click.pass_obj
+def lag(obj: Context, stalled_after: float) -> None:
+    """How far each projection trails the log; exits 1 if one has stalled.
+
+    A projection has stalled when events have waited longer than --stalled-after and its
+    checkpoint has not moved for as long: its runner is dead or stuck. Use it as a
+    liveness check.
+    """
+    with obj.store() as store:
+        runner = ProjectionRunner(store, all_projections())
+        stalled = {lag.projection for lag in runner.stalled(after=stalled_after)}
+        for item in runner.lag():
+            state = "STALLED" if item.projection in stalled else "ok"
+            click.echo(
+                f"{item.projection:<14} {state:<8} position {item.position:>10,}"
+                f"  behind {item.events:>8,} events / {item.seconds:,.1f} s"
+                f"  last progress {item.since_progress:,.0f} s ago"
+            )
+    if stalled:
+        raise click.ClickException(f"stalled: {', '.join(sorted(stalled))}")
+
+
+@cli.command(name="rebuild")
+@click.argument("projection", required=False)
+@click.option("--batch-size", type=click.IntRange(1, 50_000), default=2000, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def rebuild_command(obj: Context, projection: str | None, batch_size: int, quiet: bool) -> None:
+    """Rebuild PROJECTION (all when left out) from the start of the log, beside the live
+    view, then swap it in, in one transaction.
+
+    Readers keep reading the live view meanwhile and never see a half-built one; a runner
+    that is running waits for the swap, then goes on from the rebuilt checkpoint.
+
+    \b
+      interaction-store rebuild            # timeline, customers and conversations
+      interaction-store rebuild timeline
+    """
+    known = {p.name: p for p in all_projections()}
+    if projection is not None and projection not in known:
+        raise click.BadParameter(
+            f"unknown projection {projection!r}; choose from {', '.join(known)}",
+            param_hint="PROJECTION",
+        )
+    chosen = [known[projection]] if projection else list(known.values())
+    with obj.store(migrate=True) as store:
+        with store.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FROM events").fetchone()
+        total = int(row[0]) if row else 0
+        for item in chosen:
+            with _progress(quiet, total, f"rebuilding {item.name}") as (progress, task):
+
+                def advance(done: int, task: Any = task) -> None:
+                    progress.update(task, completed=done)
+
+                try:
+                    result = rebuild(store, item, batch_size=batch_size, progress=advance)
+                except RebuildError as exc:
+                    raise click.ClickException(str(exc)) from None
+            parked = f", {result.parked} parked as dead letters" if result.parked else ""
+            click.echo(
+                f"{item.name}: rebuilt from {result.events:,} events in"
+                f" {result.seconds:,.1f} s{parked}"
+            )
+
+
+@cli.group(name="deadletters")
+def deadletters() -> None:
+    """Events a projection parked after its retries failed: list, retry or skip them."""
+
+
+@deadletters.command(name="list")
+@click.option("--all", "everything", is_flag=True, help="Also those already retried or skipped.")
+@click.pass_obj
+def deadletters_list(obj: Context, everything: bool) -> None:
+    """List the parked events, oldest first."""
+    with obj.store() as store:
+        letters = ProjectionRunner(store, all_projections()).dead_letters(resolved=everything)
+    if not letters:
+        click.echo("no dead letters")
+        return
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("id", "projection", "position", "type", "attempts", "parked", "state"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("error", max_width=60)
+    for letter in letters:
+        table.add_row(
+            str(letter.id),
+            letter.projection,
+            f"{letter.position:,}",
+            letter.type,
+            str(letter.attempts),
+            f"{letter.parked_at:%Y-%m-%d %H:%M}",
+            letter.resolution or "parked",
+            letter.error,
+        )
+    Console().print(table)
+
+
+@deadletters.command(name="retry")
+@click.argument("dead_letter_id", metavar="ID", type=int)
+@click.pass_obj
+def deadletters_retry(obj: Context, dead_letter_id: int) -> None:
+    """Apply the parked event ID again (after fixing its cause)."""
+    with obj.store() as store:
+        runner = ProjectionRunner(store, all_projections())
+        try:
+            letter = runner.retry(dead_letter_id)
+        except DeadLetterError as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            raise click.ClickException(
+                f"dead letter {dead_letter_id} failed again and stays parked:"
+                f" {type(exc).__name__}: {exc}"
+            ) from None
+    click.echo(f"dead letter {letter.id}: event {letter.position:,} applied to {letter.projection}")
+
+
+@deadletters.command(name="skip")
+@click.argument("dead_letter_id", metavar="ID", type=int)
+@click.pass_obj
+def deadletters_skip(obj: Context, dead_letter_id: int) -> None:
+    """Give up on the parked event ID; the skip is recorded with its time."""
+    with obj.store() as store:
+        try:
+            letter = ProjectionRunner(store, all_projections()).skip(dead_letter_id)
+        except DeadLetterError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"dead letter {letter.id}: event {letter.position:,} skipped by {letter.projection}")
+
+
 @cli.command(name="timeline")
 @click.argument("who")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--channel", type=click.Choice(["email", "voice", "chat", "sms", "twitter"]))
 @click.pass_obj
 def timeline_command(obj: Context, who: str, limit: int, channel: str | None) -> None:
-    """Print a customer's cross-channel timeline, newest first.
+    """Print a customer's cross-channel timeline, newest first, with each conversation's
+    service-level state.
 
     WHO is a customer id (cu-1001) or an identity (email:alice@example.com,
     phone:+14155550100). The projections catch up first.
@@ -374,30 +520,133 @@ def timeline_command(obj: Context, who: str, limit: int, channel: str | None) ->
     \b
       interaction-store timeline email:dana@northwind.example
     """
+    levels = obj.settings.service_levels()
     with obj.store(migrate=True) as store:
-        ProjectionRunner(store, [TimelineProjection()]).catch_up()
+        ProjectionRunner(store, all_projections()).catch_up()
         with store.pool.connection() as conn:
-            customer = views.lookup_customer(conn, who) if ":" in who else who
-            if customer is None:
-                raise click.ClickException(f"no customer has the identity {who}")
+            customer = _find_customer(conn, who, obj.settings)
             items = views.timeline(conn, customer, limit=limit, channel=channel)
-    table = Table(title=f"{customer}: {len(items)} interactions, newest first")
-    table.add_column("when", no_wrap=True, min_width=16)
-    table.add_column("channel", no_wrap=True, min_width=7)
-    table.add_column("dir", no_wrap=True, min_width=3)
-    table.add_column("who", max_width=28)
-    table.add_column("subject / snippet", max_width=70)
-    table.add_column("conversation", max_width=22, overflow="fold")
+            found = views.conversations(
+                conn,
+                list(dict.fromkeys(item.conversation_id for item in items)),
+                service_levels=levels,
+            )
+    states = {c.conversation_id: c for c in found}
+    followed = {f.position for c in found for f in c.follow_ups}
+    console = Console()
+    wide = console.width >= 120  # room for the conversation ids
+    table = Table(
+        title=f"{customer}: {len(items)} interactions, newest first",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("when", no_wrap=True, min_width=14)
+    table.add_column("channel", no_wrap=True, min_width=9)
+    table.add_column("who", max_width=14, overflow="ellipsis", no_wrap=True)
+    table.add_column("subject / snippet", ratio=1, min_width=20)
+    if wide:
+        table.add_column("conversation", max_width=24, overflow="fold")
+    table.add_column("SLA", min_width=9)
     for item in items:
-        table.add_row(
-            f"{item.occurred_at:%Y-%m-%d %H:%M}",
-            item.channel,
-            "in" if item.direction == "inbound" else "out",
-            item.agent_id or item.contact,
-            snippet(" · ".join(part for part in (item.subject, item.snippet) if part), 90),
-            item.conversation_id,
+        row = [
+            f"{item.occurred_at:%y-%m-%d %H:%M}",
+            f"{item.channel} {'in' if item.direction == 'inbound' else 'out'}",
+            item.agent_id or item.contact.partition(":")[2],
+            snippet(" · ".join(part for part in (item.subject, item.snippet) if part), 80),
+            *([item.conversation_id] if wide else []),
+            "\n".join(_sla_state(states.get(item.conversation_id), item.position in followed)),
+        ]
+        table.add_row(*row)
+    console.print(table)
+
+
+def _find_customer(conn: Any, who: str, settings: Settings) -> str:
+    try:
+        customer = views.find_customer(conn, who, phone_region=settings.default_phone_region)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="WHO") from None
+    if customer is None:
+        raise click.ClickException(f"no customer is known by {who}")
+    return customer
+
+
+def _sla_state(conversation: views.ConversationSummary | None, follow_up: bool) -> list[str]:
+    """A conversation's service-level state in a few words, for a table cell."""
+    parts = ["follow-up"] if follow_up else []
+    if conversation is not None:
+        if conversation.breached:
+            parts.append("breached")
+        if conversation.response_due_at is not None:
+            parts.append(f"due {conversation.response_due_at:%m-%d %H:%M}")
+        elif conversation.status == "resolved":
+            parts.append("resolved")
+    return parts
+
+
+@cli.command(name="customer")
+@click.argument("who")
+@click.pass_obj
+def customer_command(obj: Context, who: str) -> None:
+    """Print a customer's summary: profile, priority, identities, activity per channel,
+    preferred agent and open conversations.
+
+    WHO is a customer id or an identity (email:..., phone:..., twitter:..., chat:...).
+    The projections catch up first.
+
+    \b
+      interaction-store customer phone:+14155550142
+    """
+    levels = obj.settings.service_levels()
+    with obj.store(migrate=True) as store:
+        ProjectionRunner(store, all_projections()).catch_up()
+        with store.pool.connection() as conn:
+            summary = views.customer(
+                conn, _find_customer(conn, who, obj.settings), service_levels=levels
+            )
+    console = Console()
+    profile = summary.profile
+    name = (profile.name if profile else None) or "(no profile: a provisional customer)"
+    console.print(f"[bold]{name}[/bold]  {summary.customer_id}")
+    facts = []
+    if profile is not None:
+        if profile.tier:
+            facts.append(f"tier {profile.tier}")
+        if profile.account_value is not None:
+            facts.append(f"account value {profile.account_value:,.0f}")
+        if profile.churn_risk is not None:
+            facts.append(f"churn risk {profile.churn_risk:.0%}")
+    facts.append(f"priority {summary.priority:,.0f}")
+    facts.append(f"preferred agent {summary.preferred_agent or '-'}")
+    console.print("  ".join(facts))
+    if summary.aliases:
+        console.print(f"merged from: {', '.join(summary.aliases)}")
+    console.print(
+        "identities: " + (", ".join(f"{i} ({i.confidence})" for i in summary.identities) or "-")
+    )
+    channels = Table(title=f"{summary.interactions} interactions")
+    for column in ("channel", "interactions", "in", "out", "last contact"):
+        channels.add_column(column, no_wrap=True)
+    for activity in summary.channels:
+        channels.add_row(
+            activity.channel,
+            str(activity.interactions),
+            str(activity.inbound),
+            str(activity.outbound),
+            f"{activity.last_contact_at:%Y-%m-%d %H:%M}",
         )
-    Console().print(table)
+    console.print(channels)
+    open_table = Table(title=f"{len(summary.open_conversations)} open conversations")
+    for column in ("conversation", "channels", "awaiting since", "SLA", "follow-ups"):
+        open_table.add_column(column, overflow="fold")
+    for conv in summary.open_conversations:
+        open_table.add_row(
+            conv.conversation_id,
+            ", ".join(conv.channels),
+            f"{conv.awaiting_since:%Y-%m-%d %H:%M}" if conv.awaiting_since else "-",
+            ", ".join(_sla_state(conv, False)) or "ok",
+            ", ".join(f"{f.channel} {f.occurred_at:%m-%d %H:%M}" for f in conv.follow_ups) or "-",
+        )
+    console.print(open_table)
 
 
 @cli.command()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from interaction_store.policy import ServiceLevels
 
 __all__ = ["Settings"]
 
@@ -44,3 +46,17 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
         description="PostgreSQL LISTEN/NOTIFY channel for wake-ups after appends.",
     )
+    first_response: str = Field(
+        default="voice=0s,chat=2m,sms=15m,twitter=1h,email=4h",
+        description="First-response target per channel (channel=duration, comma-separated;"
+        " channels left out keep their default).",
+    )
+
+    @field_validator("first_response")
+    @classmethod
+    def _valid_service_levels(cls, value: str) -> str:
+        ServiceLevels.parse(value)
+        return value
+
+    def service_levels(self) -> ServiceLevels:
+        return ServiceLevels.parse(self.first_response)

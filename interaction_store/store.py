@@ -547,6 +547,12 @@ class Store:
                 if len(events) < batch_size:
                     listener.wait(poll_interval)
 
+    def read_event(self, position: int) -> RecordedEvent | None:
+        """The event at ``position``, if it is committed."""
+        with self.pool.connection() as conn:
+            row = conn.execute(query("read_event"), {"position": position}).fetchone()
+        return self._recorded(row) if row else None
+
     def head(self) -> int:
         """The highest committed position (0 for an empty log)."""
         with self.pool.connection() as conn:

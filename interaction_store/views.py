@@ -1,20 +1,42 @@
-"""Reading the views: customer lookup and the cross-channel timeline.
+"""Reading the views: customer lookup, the cross-channel timeline, customers and
+conversations.
 
-Only projections write these tables; everything here reads.
+Only projections write these tables; everything here reads. Service levels, breaches,
+follow-ups, preferred agents and priorities are worked out here, at read time, from the
+stored facts: so they always follow the latest identity links and merges, and a change
+of policy needs no rebuild.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
 from interaction_store.identity import normalise_contact, parse_contact_string
+from interaction_store.policy import ServiceLevels, priority
 
-__all__ = ["TimelineItem", "lookup_customer", "resolve_customer", "timeline"]
+__all__ = [
+    "ChannelActivity",
+    "ConversationSummary",
+    "CustomerSummary",
+    "FollowUp",
+    "Identity",
+    "Profile",
+    "TimelineItem",
+    "Wait",
+    "conversation",
+    "conversations",
+    "customer",
+    "find_customer",
+    "follow_ups",
+    "lookup_customer",
+    "resolve_customer",
+    "timeline",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +117,352 @@ def timeline(
         },
     ).fetchall()
     return [TimelineItem(*row) for row in rows]
+
+
+def find_customer(
+    conn: psycopg.Connection[Any], who: str, *, phone_region: str = "US"
+) -> str | None:
+    """A customer id from an identity (``kind:value``) or a customer id (followed through
+    merges); None when nobody has that identity or id."""
+    if ":" in who:
+        return lookup_customer(conn, who, phone_region=phone_region)
+    customer_id = resolve_customer(conn, who)
+    row = conn.execute(
+        """
+        SELECT EXISTS (SELECT FROM timeline WHERE customer_id = %(c)s)
+            OR EXISTS (SELECT FROM identities WHERE customer_id = %(c)s)
+            OR EXISTS (SELECT FROM customer_profiles WHERE customer_id = %(c)s)
+        """,
+        {"c": customer_id},
+    ).fetchone()
+    return customer_id if row and row[0] else None
+
+
+# Conversations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A stretch of time the customer waited for an answer in a conversation."""
+
+    started_position: int
+    started_at: datetime
+    channel: str
+    due_at: datetime
+    ended_at: datetime | None
+    ended_by: str | None
+    breached: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """An inbound interaction on another channel while a conversation awaited an answer
+    (the customer who emails, hears nothing, then calls)."""
+
+    position: int
+    occurred_at: datetime
+    channel: str
+    type: str
+    conversation_id: str
+    #: The conversation that was waiting, and the position its wait started at.
+    waiting_conversation_id: str
+    wait_started_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    conversation_id: str
+    case_id: str
+    #: Every conversation of the case (joined by ``conversation.linked``), this one too.
+    case: list[str]
+    customer_id: str | None
+    status: str
+    channels: list[str]
+    interactions: int
+    opened_at: datetime | None
+    last_activity_at: datetime | None
+    resolved_at: datetime | None
+    #: When the current unanswered wait began (None when nobody is waiting).
+    awaiting_since: datetime | None
+    #: When the current wait must be answered by.
+    response_due_at: datetime | None
+    first_response_due_at: datetime | None
+    first_response_at: datetime | None
+    #: Some wait was, or is now, answered later than its service level.
+    breached: bool
+    waits: list[Wait]
+    #: Inbounds on other channels during this conversation's waits.
+    follow_ups: list[FollowUp]
+    #: Waits of other conversations this conversation's inbounds followed up.
+    follows_up: list[FollowUp]
+
+
+def follow_ups(conn: psycopg.Connection[Any], customer_ids: list[str]) -> list[FollowUp]:
+    """Every follow-up of these customers: for each wait of theirs, the customer's inbound
+    interactions on another channel from its start until its end (or now)."""
+    rows = conn.execute(
+        """
+        SELECT t.position, t.occurred_at, t.channel, t.type, t.conversation_id,
+               w.conversation_id, w.started_position
+          FROM timeline AS s
+          JOIN conversation_waits AS w
+            ON w.conversation_id = s.conversation_id AND w.started_position = s.position
+          JOIN timeline AS t
+            ON t.customer_id = s.customer_id AND t.direction = 'inbound'
+           AND t.channel <> w.channel AND t.position > w.started_position
+           AND (w.ended_position IS NULL OR t.position <= w.ended_position)
+         WHERE s.customer_id = ANY (%s)
+         ORDER BY t.position, w.started_position
+        """,
+        (customer_ids,),
+    ).fetchall()
+    return [FollowUp(*row) for row in rows]
+
+
+def conversation(
+    conn: psycopg.Connection[Any],
+    conversation_id: str,
+    *,
+    service_levels: ServiceLevels | None = None,
+    now: datetime | None = None,
+) -> ConversationSummary | None:
+    """One conversation with its service-level state and follow-ups."""
+    found = conversations(conn, [conversation_id], service_levels=service_levels, now=now)
+    return found[0] if found else None
+
+
+def conversations(
+    conn: psycopg.Connection[Any],
+    conversation_ids: list[str],
+    *,
+    service_levels: ServiceLevels | None = None,
+    now: datetime | None = None,
+) -> list[ConversationSummary]:
+    """Several conversations at once, in the order asked (unknown ids left out)."""
+    levels = service_levels or ServiceLevels()
+    now = now or datetime.now(UTC)
+    rows = conn.execute(
+        """
+        SELECT c.conversation_id, c.case_id,
+               (SELECT array_agg(m.conversation_id ORDER BY m.conversation_id)
+                  FROM conversations AS m WHERE m.case_id = c.case_id),
+               (SELECT t.customer_id FROM timeline AS t
+                 WHERE t.conversation_id = c.conversation_id
+                 ORDER BY t.position DESC LIMIT 1),
+               c.status, c.channels, c.interactions, c.opened_at, c.last_activity_at,
+               c.resolved_at
+          FROM conversations AS c
+         WHERE c.conversation_id = ANY (%s)
+        """,
+        (conversation_ids,),
+    ).fetchall()
+    waits: dict[str, list[Wait]] = {}
+    for cid, position, started, channel, ended, ended_by in conn.execute(
+        """
+        SELECT conversation_id, started_position, started_at, channel, ended_at, ended_by
+          FROM conversation_waits WHERE conversation_id = ANY (%s)
+         ORDER BY started_position
+        """,
+        (conversation_ids,),
+    ):
+        due = started + levels.due(channel)
+        waits.setdefault(cid, []).append(
+            Wait(position, started, channel, due, ended, ended_by, (ended or now) > due)
+        )
+    customers = sorted({row[3] for row in rows if row[3] is not None})
+    pairs = follow_ups(conn, customers) if customers else []
+    by_id = {}
+    for cid, case_id, case, customer_id, status, channels, count, opened, last, resolved in rows:
+        own = waits.get(cid, [])
+        current = own[-1] if own and own[-1].ended_at is None else None
+        first = own[0] if own else None
+        by_id[cid] = ConversationSummary(
+            conversation_id=cid,
+            case_id=case_id,
+            case=list(case),
+            customer_id=customer_id,
+            status=status,
+            channels=list(channels),
+            interactions=count,
+            opened_at=opened,
+            last_activity_at=last,
+            resolved_at=resolved,
+            awaiting_since=current.started_at if current else None,
+            response_due_at=current.due_at if current else None,
+            first_response_due_at=first.due_at if first else None,
+            first_response_at=first.ended_at if first else None,
+            breached=any(w.breached for w in own),
+            waits=own,
+            follow_ups=[p for p in pairs if p.waiting_conversation_id == cid],
+            follows_up=[
+                p for p in pairs if p.conversation_id == cid and p.waiting_conversation_id != cid
+            ],
+        )
+    return [by_id[cid] for cid in conversation_ids if cid in by_id]
+
+
+# Customers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    customer_id: str
+    name: str | None
+    tier: str | None
+    account_value: float | None
+    churn_risk: float | None
+    registered_at: datetime | None
+    erased_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    kind: str
+    value: str
+    confidence: str
+    reason: str
+    source: str | None
+    #: The customer id the identity is linked to (an alias, when that one was merged).
+    linked_to: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelActivity:
+    channel: str
+    interactions: int
+    inbound: int
+    outbound: int
+    last_contact_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSummary:
+    customer_id: str
+    #: Customer ids merged into this one (lookups by them lead here).
+    aliases: list[str]
+    profile: Profile | None
+    identities: list[Identity]
+    channels: list[ChannelActivity]
+    interactions: int
+    last_contact_at: datetime | None
+    open_conversations: list[ConversationSummary]
+    preferred_agent: str | None
+    #: ``policy.priority``: the account value at stake, whatever the channel.
+    priority: float
+
+
+#: How far back agents are counted to break a tie for the preferred agent.
+PREFERRED_AGENT_WINDOW = timedelta(days=90)
+
+
+def customer(
+    conn: psycopg.Connection[Any],
+    customer_id: str,
+    *,
+    service_levels: ServiceLevels | None = None,
+    now: datetime | None = None,
+) -> CustomerSummary:
+    """The customer's summary: profile, identities, activity per channel, open
+    conversations, preferred agent and priority. ``customer_id`` may be an alias."""
+    customer_id = resolve_customer(conn, customer_id)
+    aliases = [
+        row[0]
+        for row in conn.execute(
+            """
+            WITH RECURSIVE merged(id) AS (
+                SELECT source_customer_id FROM customer_merges WHERE target_customer_id = %s
+                UNION
+                SELECT m.source_customer_id FROM customer_merges AS m
+                  JOIN merged ON m.target_customer_id = merged.id
+            )
+            SELECT id FROM merged ORDER BY id
+            """,
+            (customer_id,),
+        )
+    ]
+    ids = [customer_id, *aliases]
+    profile_row = conn.execute(
+        """
+        SELECT customer_id, name, tier, account_value, churn_risk, registered_at, erased_at
+          FROM customer_profiles WHERE customer_id = ANY (%s)
+         ORDER BY customer_id = %s DESC, updated_at DESC LIMIT 1
+        """,
+        (ids, customer_id),
+    ).fetchone()
+    profile = Profile(*profile_row) if profile_row else None
+    identities = [
+        Identity(*row)
+        for row in conn.execute(
+            """
+            SELECT kind, value, confidence, reason, source, customer_id FROM identities
+             WHERE customer_id = ANY (%s) ORDER BY kind, value
+            """,
+            (ids,),
+        )
+    ]
+    channels = [
+        ChannelActivity(*row)
+        for row in conn.execute(
+            """
+            SELECT channel, count(*), count(*) FILTER (WHERE direction = 'inbound'),
+                   count(*) FILTER (WHERE direction = 'outbound'), max(occurred_at)
+              FROM timeline WHERE customer_id = %s
+             GROUP BY channel ORDER BY max(occurred_at) DESC, channel
+            """,
+            (customer_id,),
+        )
+    ]
+    open_ids = [
+        row[0]
+        for row in conn.execute(
+            """
+            SELECT c.conversation_id FROM conversations AS c
+             WHERE c.status = 'open'
+               AND c.conversation_id IN (SELECT conversation_id FROM timeline
+                                          WHERE customer_id = %s)
+             ORDER BY c.last_activity_at DESC NULLS LAST, c.conversation_id
+            """,
+            (customer_id,),
+        )
+    ]
+    return CustomerSummary(
+        customer_id=customer_id,
+        aliases=aliases,
+        profile=profile,
+        identities=identities,
+        channels=channels,
+        interactions=sum(c.interactions for c in channels),
+        last_contact_at=max((c.last_contact_at for c in channels), default=None),
+        open_conversations=conversations(conn, open_ids, service_levels=service_levels, now=now),
+        preferred_agent=preferred_agent(conn, customer_id),
+        priority=priority(
+            profile.account_value if profile else None, profile.churn_risk if profile else None
+        ),
+    )
+
+
+def preferred_agent(conn: psycopg.Connection[Any], customer_id: str) -> str | None:
+    """The agent of the customer's most recent handled interaction (one naming an agent);
+    when several agents share that moment, the one who handled the customer most often in
+    the 90 days before it (then the smallest agent id)."""
+    row = conn.execute(
+        """
+        WITH handled AS (
+            SELECT agent_id, occurred_at FROM timeline
+             WHERE customer_id = %(c)s AND agent_id IS NOT NULL
+        ), latest AS (SELECT max(occurred_at) AS at FROM handled)
+        SELECT h.agent_id
+          FROM handled AS h, latest
+         WHERE h.occurred_at = latest.at
+         ORDER BY (SELECT count(*) FROM handled AS o
+                    WHERE o.agent_id = h.agent_id
+                      AND o.occurred_at > latest.at - %(window)s) DESC,
+                  h.agent_id
+         LIMIT 1
+        """,
+        {"c": customer_id, "window": PREFERRED_AGENT_WINDOW},
+    ).fetchone()
+    return str(row[0]) if row else None

@@ -22,21 +22,25 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
+from uuid import UUID
 
 import psycopg
 
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
-__all__ = ["Lag", "Projection", "ProjectionRunner"]
+__all__ = ["DeadLetter", "DeadLetterError", "Lag", "Projection", "ProjectionRunner"]
 
 log = logging.getLogger(__name__)
 
 
 class Projection(Protocol):
-    """A view of the log. ``apply`` must only write through ``conn``."""
+    """A view of the log. ``apply`` must only write through ``conn``, and only to
+    ``tables`` (which a rebuild builds afresh beside the live ones, then swaps in)."""
 
     name: str
+    tables: tuple[str, ...]
 
     def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None: ...
 
@@ -49,7 +53,30 @@ class Lag:
     position: int
     head: int
     events: int
+    #: Age of the oldest event not yet applied (0 when caught up).
     seconds: float
+    #: Seconds since the checkpoint last moved.
+    since_progress: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a projection parked after its retries failed."""
+
+    id: int
+    projection: str
+    position: int
+    event_id: UUID
+    type: str
+    error: str
+    attempts: int
+    parked_at: datetime
+    resolution: str | None
+    resolved_at: datetime | None
+
+
+class DeadLetterError(ValueError):
+    """A dead letter that does not exist or was already handled."""
 
 
 class _Lost(Exception):
@@ -80,8 +107,20 @@ class ProjectionRunner:
     # Running ------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Apply one batch to every projection; the number of events applied."""
-        return sum(self.step(projection) for projection in self.projections)
+        """Apply one batch to every projection; the number of events applied.
+
+        Projections at the same checkpoint (the usual case) share one read of the log.
+        """
+        at: dict[Checkpoint, list[Projection]] = {}
+        checkpoints = self.checkpoints()
+        for projection in self.projections:
+            at.setdefault(checkpoints[projection.name], []).append(projection)
+        applied = 0
+        for checkpoint, projections in at.items():
+            events = self.store.read_all(after=checkpoint, limit=self.batch_size)
+            for projection in projections:
+                applied += self._step(projection, checkpoint, events)
+        return applied
 
     def catch_up(self) -> int:
         """Apply batches until every projection has reached the readable end of the log."""
@@ -106,6 +145,11 @@ class ProjectionRunner:
         """Apply the next batch of one projection; 0 when there is nothing to do."""
         checkpoint = self.checkpoint(projection.name)
         events = self.store.read_all(after=checkpoint, limit=self.batch_size)
+        return self._step(projection, checkpoint, events)
+
+    def _step(
+        self, projection: Projection, checkpoint: Checkpoint, events: Sequence[RecordedEvent]
+    ) -> int:
         if not events:
             return 0
         try:
@@ -133,26 +177,134 @@ class ProjectionRunner:
             ).fetchone()
         return Checkpoint(int(row[0]), row[1]) if row else Checkpoint.START
 
+    def checkpoints(self) -> dict[str, Checkpoint]:
+        """Every projection's checkpoint, read together."""
+        names = [p.name for p in self.projections]
+        with self.store.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT projection, transaction_id::text, position FROM projection_checkpoints"
+                " WHERE projection = ANY (%s)",
+                (names,),
+            ).fetchall()
+        found = {name: Checkpoint(int(txid), position) for name, txid, position in rows}
+        return {name: found.get(name, Checkpoint.START) for name in names}
+
     def lag(self) -> list[Lag]:
         """Each projection's distance from the head of the log, in events and seconds."""
         with self.store.pool.connection() as conn:
             rows = conn.execute(
                 """
-                SELECT c.projection, c.position, h.head,
-                       (SELECT count(*) FROM events AS e
-                         WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)),
-                       coalesce(extract(epoch FROM now() - (
-                           SELECT min(e.recorded_at) FROM events AS e
+                SELECT c.projection, c.position, h.head, w.events,
+                       coalesce(extract(epoch FROM now() - w.oldest), 0),
+                       extract(epoch FROM now() - c.updated_at)
+                  FROM projection_checkpoints AS c
+                       CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) AS h
+                       CROSS JOIN LATERAL (
+                           SELECT count(*) AS events, min(e.recorded_at) AS oldest
+                             FROM events AS e
                             WHERE (e.transaction_id, e.position)
-                                  > (c.transaction_id, c.position))), 0)
-                  FROM projection_checkpoints AS c,
-                       (SELECT coalesce(max(position), 0) AS head FROM events) AS h
+                                  > (c.transaction_id, c.position)) AS w
                  WHERE c.projection = ANY (%s)
                  ORDER BY c.projection
                 """,
                 ([p.name for p in self.projections],),
             ).fetchall()
-        return [Lag(r[0], r[1], r[2], r[3], float(r[4])) for r in rows]
+        return [Lag(r[0], r[1], r[2], r[3], float(r[4]), float(r[5])) for r in rows]
+
+    def stalled(self, after: float = 60.0) -> list[Lag]:
+        """The projections that look stuck: events have waited more than ``after`` seconds
+        and the checkpoint has not moved for as long (a liveness check)."""
+        return [
+            lag
+            for lag in self.lag()
+            if lag.events and lag.seconds > after and lag.since_progress > after
+        ]
+
+    # Dead letters -------------------------------------------------------------------
+
+    def dead_letters(self, *, resolved: bool = False) -> list[DeadLetter]:
+        """The parked events of these projections, oldest first (with ``resolved``, also
+        those already retried or skipped)."""
+        with self.store.pool.connection() as conn:
+            rows = conn.execute(
+                """
+                SELECT id, projection, position, event_id, type, error, attempts, parked_at,
+                       resolution, resolved_at
+                  FROM dead_letters
+                 WHERE projection = ANY (%s) AND (%s OR resolution IS NULL)
+                 ORDER BY id
+                """,
+                ([p.name for p in self.projections], resolved),
+            ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def retry(self, dead_letter_id: int) -> DeadLetter:
+        """Apply a parked event again (after a fix). On success it is marked retried; on
+        failure nothing changes but its error and attempt count, and the error is raised."""
+        projections = {p.name: p for p in self.projections}
+        try:
+            with self.store.pool.connection() as conn, conn.transaction():
+                letter = self._unresolved(conn, dead_letter_id)
+                projection = projections.get(letter.projection)
+                if projection is None:
+                    raise LookupError(f"projection {letter.projection!r} is not run here")
+                event = self.store.read_event(letter.position)
+                if event is None:
+                    raise LookupError(f"no event at position {letter.position}")
+                projection.apply(conn, [event])
+                return self._resolve(conn, dead_letter_id, "retried")
+        except DeadLetterError:
+            raise
+        except Exception as exc:
+            self._record_failure(dead_letter_id, exc)
+            raise
+
+    def skip(self, dead_letter_id: int) -> DeadLetter:
+        """Give up on a parked event: it stays in the table, marked skipped, with the time."""
+        with self.store.pool.connection() as conn, conn.transaction():
+            self._unresolved(conn, dead_letter_id)
+            return self._resolve(conn, dead_letter_id, "skipped")
+
+    def _unresolved(self, conn: psycopg.Connection[Any], dead_letter_id: int) -> DeadLetter:
+        row = conn.execute(
+            """
+            SELECT id, projection, position, event_id, type, error, attempts, parked_at,
+                   resolution, resolved_at
+              FROM dead_letters WHERE id = %s FOR UPDATE
+            """,
+            (dead_letter_id,),
+        ).fetchone()
+        if row is None:
+            raise DeadLetterError(f"there is no dead letter {dead_letter_id}")
+        letter = DeadLetter(*row)
+        if letter.resolution is not None:
+            raise DeadLetterError(
+                f"dead letter {dead_letter_id} was already {letter.resolution}"
+                f" at {letter.resolved_at:%Y-%m-%d %H:%M:%S}"
+            )
+        return letter
+
+    def _resolve(
+        self, conn: psycopg.Connection[Any], dead_letter_id: int, resolution: str
+    ) -> DeadLetter:
+        row = conn.execute(
+            """
+            UPDATE dead_letters SET resolution = %s, resolved_at = now() WHERE id = %s
+            RETURNING id, projection, position, event_id, type, error, attempts, parked_at,
+                      resolution, resolved_at
+            """,
+            (resolution, dead_letter_id),
+        ).fetchone()
+        assert row is not None
+        return DeadLetter(*row)
+
+    def _record_failure(self, dead_letter_id: int, error: Exception) -> None:
+        with self.store.pool.connection() as conn:
+            conn.execute(
+                "UPDATE dead_letters SET error = %s, attempts = attempts + 1"
+                " WHERE id = %s AND resolution IS NULL",
+                (f"{type(error).__name__}: {error}"[:2000], dead_letter_id),
+            )
 
     # Internals ----------------------------------------------------------------------
 

@@ -16,13 +16,21 @@ from collections.abc import Sequence
 from typing import Any, Final
 from uuid import uuid5
 
+import orjson
 import psycopg
 
 from interaction_store.events import EVENT_NAMESPACE, derive_conversation_id
 from interaction_store.store import RecordedEvent
 from interaction_store.views import resolve_customer
 
-__all__ = ["SNIPPET_LENGTH", "TimelineProjection", "provisional_customer_id", "snippet"]
+__all__ = [
+    "INTERACTION_FAMILIES",
+    "SNIPPET_LENGTH",
+    "TimelineProjection",
+    "conversation_of",
+    "provisional_customer_id",
+    "snippet",
+]
 
 SNIPPET_LENGTH: Final = 160
 _TAG = re.compile(r"<[^>]*>")
@@ -48,66 +56,114 @@ def _content(data: dict[str, Any]) -> str | None:
 
 
 class TimelineProjection:
-    """Maintains ``identities``, ``customer_merges`` and ``timeline``."""
+    """Maintains ``identities``, ``customer_merges`` and ``timeline``.
+
+    Consecutive interactions are written together (two statements per run); customer
+    events, which may move rows already written, are applied one by one in log order.
+    """
 
     name = "timeline"
+    tables: tuple[str, ...] = ("identities", "customer_merges", "timeline")
 
     def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+        run: list[RecordedEvent] = []
         for event in events:
-            handler = _HANDLERS.get(event.type.split(".")[0])
-            if handler is not None:
-                handler(conn, event)
+            family = event.type.split(".")[0]
+            if family in INTERACTION_FAMILIES:
+                run.append(event)
+            elif family == "customer":
+                _interactions(conn, run)
+                run = []
+                _customer(conn, event)
+        _interactions(conn, run)
 
 
-def _interaction(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
-    data = event.data
-    contact = data["contact"]
-    kind, value = contact["kind"], contact["value"]
-    named = data.get("customer_id")
-    owner = named if named is not None else _owner_of_contact(conn, kind, value, event.position)
-    conversation = data.get("conversation_id") or derive_conversation_id(
-        data["channel"], data.get("thread_key") or data["external_id"]
-    )
+#: The first part of every interaction event type.
+INTERACTION_FAMILIES = frozenset({"email", "call", "chat", "sms", "tweet", "callback"})
+
+
+def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+    """Insert the timeline rows of a run of interactions, with set-based statements."""
+    if not events:
+        return
+    rows = []
+    unclaimed: dict[tuple[str, str], int] = {}
+    for event in events:
+        data = event.data
+        contact = data["contact"]
+        kind, value = contact["kind"], contact["value"]
+        named = data.get("customer_id")
+        if named is None:
+            unclaimed.setdefault((kind, value), event.position)
+        rows.append(
+            {
+                "position": event.position,
+                "event_id": str(event.event_id),
+                "named": named,
+                "occurred_at": event.occurred_at.isoformat(),
+                "channel": data["channel"],
+                "direction": data["direction"],
+                "type": event.type,
+                "conversation_id": conversation_of(data),
+                "agent_id": data.get("agent_id"),
+                "contact_kind": kind,
+                "contact_value": value,
+                "subject": data.get("subject"),
+                "snippet": snippet(_content(data)),
+            }
+        )
+    if unclaimed:  # first sight of a contact: it gets a provisional customer
+        provisional = [
+            {
+                "kind": kind,
+                "value": value,
+                "customer_id": provisional_customer_id(kind, value),
+                "position": position,
+            }
+            for (kind, value), position in unclaimed.items()
+        ]
+        conn.execute(
+            """
+            INSERT INTO identities (kind, value, customer_id, confidence, reason, position)
+            SELECT r.kind, r.value, r.customer_id, 'provisional', 'first seen', r.position
+              FROM jsonb_to_recordset(%s::jsonb)
+                   AS r(kind text, value text, customer_id text, position bigint)
+            ON CONFLICT (kind, value) DO NOTHING
+            """,
+            (orjson.dumps(provisional).decode(),),
+        )
     conn.execute(
         """
         INSERT INTO timeline (position, event_id, owner_id, named_customer, customer_id,
                               occurred_at, channel, direction, type, conversation_id,
                               agent_id, contact_kind, contact_value, subject, snippet)
-        VALUES (%s, %s, %s, %s, resolve_customer(%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        SELECT r.position, r.event_id, o.owner_id, r.named IS NOT NULL,
+               CASE WHEN EXISTS (SELECT FROM customer_merges AS m
+                                  WHERE m.source_customer_id = o.owner_id)
+                    THEN resolve_customer(o.owner_id) ELSE o.owner_id END,
+               r.occurred_at, r.channel, r.direction, r.type, r.conversation_id,
+               r.agent_id, r.contact_kind, r.contact_value, r.subject, r.snippet
+          FROM jsonb_to_recordset(%s::jsonb) AS r(
+                   position bigint, event_id uuid, named text, occurred_at timestamptz,
+                   channel text, direction text, type text, conversation_id text,
+                   agent_id text, contact_kind text, contact_value text, subject text,
+                   snippet text)
+               CROSS JOIN LATERAL (
+                   SELECT coalesce(r.named, (SELECT i.customer_id FROM identities AS i
+                                              WHERE i.kind = r.contact_kind
+                                                AND i.value = r.contact_value)) AS owner_id
+               ) AS o
         """,
-        (
-            event.position,
-            event.event_id,
-            owner,
-            named is not None,
-            owner,
-            event.occurred_at,
-            data["channel"],
-            data["direction"],
-            event.type,
-            conversation,
-            data.get("agent_id"),
-            kind,
-            value,
-            data.get("subject"),
-            snippet(_content(data)),
-        ),
+        (orjson.dumps(rows).decode(),),
     )
 
 
-def _owner_of_contact(conn: psycopg.Connection[Any], kind: str, value: str, position: int) -> str:
-    """The contact's customer; a contact seen for the first time gets a provisional one."""
-    row = conn.execute(
-        """
-        INSERT INTO identities (kind, value, customer_id, confidence, reason, position)
-        VALUES (%s, %s, %s, 'provisional', 'first seen', %s)
-        ON CONFLICT (kind, value) DO UPDATE SET kind = excluded.kind
-        RETURNING customer_id
-        """,
-        (kind, value, provisional_customer_id(kind, value), position),
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
+def conversation_of(data: dict[str, Any]) -> str:
+    """An interaction's conversation: named, or derived from its thread or source id."""
+    return str(
+        data.get("conversation_id")
+        or derive_conversation_id(data["channel"], data.get("thread_key") or data["external_id"])
+    )
 
 
 def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
@@ -222,14 +278,3 @@ def _reresolve(conn: psycopg.Connection[Any], customer: str) -> None:
         """,
         {"customer": customer},
     )
-
-
-_HANDLERS = {
-    "email": _interaction,
-    "call": _interaction,
-    "chat": _interaction,
-    "sms": _interaction,
-    "tweet": _interaction,
-    "callback": _interaction,
-    "customer": _customer,
-}

@@ -127,3 +127,10 @@ SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %(stream_i
 
 -- name: notify --
 SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: read_event --
+SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,
+       schema_version, occurred_at, recorded_at, payload, metadata, content_digest,
+       hash, prev_hash
+  FROM events
+ WHERE position = %(position)s

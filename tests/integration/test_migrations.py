@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0002_projections"
+HEAD = "0003_customers_conversations"
 
 
 def tables(url: str) -> set[str]:
@@ -24,6 +24,11 @@ def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_database_url: str)
     migrate(url)
     assert current_revision(url) == HEAD
     assert {"events", "timeline", "identities", "projection_checkpoints"} <= tables(url)
+    assert {"customer_profiles", "conversations", "conversation_waits"} <= tables(url)
+
+    downgrade(url, "0002_projections")
+    assert "timeline" in tables(url)
+    assert not {"customer_profiles", "conversations", "conversation_waits"} & tables(url)
 
     downgrade(url, "0001_events")
     assert tables(url) == {"events"}

@@ -1,0 +1,261 @@
+"""Rebuild a projection from position zero beside the live one, then swap it in.
+
+1. Empty copies of the projection's tables are made in a schema of their own,
+   ``rebuild_<projection>``, with the live tables' columns, constraints and indexes under
+   the same names.
+2. The whole log is applied to them in batches, with ``search_path`` pointing at that
+   schema first, so the projection's own SQL writes to the copies untouched. Readers and
+   the live runner go on using the live tables meanwhile.
+3. In one transaction: the live checkpoint row is locked (a live runner waits), the copies
+   catch up with the last events, the live tables move out and the copies move in, and the
+   checkpoint becomes the rebuild's. Readers see the old view or the new, never half of one.
+
+An event that fails during the rebuild is parked as a dead letter when the swap commits,
+as the live runner would have parked it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from interaction_store.projections.runner import Projection
+from interaction_store.store import Checkpoint, RecordedEvent, Store
+
+__all__ = ["RebuildError", "RebuildResult", "rebuild"]
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+class RebuildError(RuntimeError):
+    """The rebuild cannot start (another is running, or the projection is unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    projection: str
+    events: int
+    parked: int
+    seconds: float
+    checkpoint: Checkpoint
+
+
+def rebuild(
+    store: Store,
+    projection: Projection,
+    *,
+    batch_size: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> RebuildResult:
+    """Rebuild ``projection``'s tables from the whole log and swap them in atomically.
+
+    ``progress`` is called with the number of events applied after each batch.
+    """
+    if not _NAME.match(projection.name):
+        raise RebuildError(f"projection name {projection.name!r} cannot name a schema")
+    started = time.perf_counter()
+    shadow = f"rebuild_{projection.name}"
+    with store.pool.connection() as conn:
+        conn.autocommit = True
+        locked = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext('interaction-store rebuild'), hashtext(%s))",
+            (projection.name,),
+        ).fetchone()
+        if not (locked and locked[0]):
+            raise RebuildError(f"a rebuild of {projection.name} is already running")
+        try:
+            live = _live_schema(conn, projection.tables)
+            _create_copies(conn, live, shadow, projection.tables)
+            build = _Build(store, projection, conn, live, shadow, batch_size, progress)
+            while build.next_batch():
+                pass
+            with conn.transaction():
+                _swap(build)
+            return RebuildResult(
+                projection.name,
+                build.applied,
+                len(build.parked),
+                time.perf_counter() - started,
+                build.checkpoint,
+            )
+        finally:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
+            conn.execute(
+                "SELECT pg_advisory_unlock(hashtext('interaction-store rebuild'), hashtext(%s))",
+                (projection.name,),
+            )
+            conn.autocommit = False
+
+
+def _live_schema(conn: psycopg.Connection[Any], tables: Sequence[str]) -> str:
+    """The schema the live tables are found in through the search path."""
+    schemas = set()
+    for table in tables:
+        row = conn.execute(
+            "SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+            " WHERE c.oid = to_regclass(%s)",
+            (table,),
+        ).fetchone()
+        if row is None:
+            raise RebuildError(f"table {table} does not exist: run `interaction-store migrate`")
+        schemas.add(row[0])
+    if len(schemas) != 1:
+        raise RebuildError(f"the tables {', '.join(tables)} are in several schemas")
+    return str(schemas.pop())
+
+
+def _create_copies(
+    conn: psycopg.Connection[Any], live: str, shadow: str, tables: Sequence[str]
+) -> None:
+    """Empty tables like the live ones, with their constraints and indexes, same names."""
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(shadow)))
+        for table in tables:
+            source = sql.Identifier(live, table)
+            target = sql.Identifier(shadow, table)
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+                    " INCLUDING IDENTITY INCLUDING GENERATED)"
+                ).format(target, source)
+            )
+            oid = f"{live}.{table}"
+            for name, definition in conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'x')",
+                (oid,),
+            ).fetchall():
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                        target, sql.Identifier(name), sql.SQL(definition)
+                    )
+                )
+            for (definition,) in conn.execute(
+                """
+                SELECT pg_get_indexdef(x.indexrelid) FROM pg_index AS x
+                 WHERE x.indrelid = %s::regclass
+                   AND NOT EXISTS (SELECT FROM pg_constraint AS c WHERE c.conindid = x.indexrelid)
+                """,
+                (oid,),
+            ).fetchall():
+                on_live = f" ON {sql.Identifier(live, table).as_string(conn)} "
+                on_shadow = f" ON {target.as_string(conn)} "
+                if on_live not in definition:
+                    raise RebuildError(f"cannot copy index: {definition}")
+                conn.execute(sql.SQL(definition.replace(on_live, on_shadow, 1)))
+
+
+class _Build:
+    """The copies being filled: where they stand in the log, and what failed."""
+
+    def __init__(
+        self,
+        store: Store,
+        projection: Projection,
+        conn: psycopg.Connection[Any],
+        live: str,
+        shadow: str,
+        batch_size: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.conn = conn
+        self.live = live
+        self.shadow = shadow
+        self.batch_size = batch_size
+        self.progress = progress
+        self.checkpoint = Checkpoint.START
+        self.applied = 0
+        self.parked: list[tuple[RecordedEvent, Exception]] = []
+
+    def next_batch(self) -> bool:
+        """Apply the next batch to the copies (in the caller's transaction, if any)."""
+        events = self.store.read_all(after=self.checkpoint, limit=self.batch_size)
+        if not events:
+            return False
+        with self.conn.transaction():
+            self._search_shadow_first()
+            try:
+                with self.conn.transaction():
+                    self.projection.apply(self.conn, events)
+            except Exception:
+                for event in events:  # find the event at fault, as the runner does
+                    try:
+                        with self.conn.transaction():
+                            self.projection.apply(self.conn, [event])
+                    except Exception as exc:
+                        self.parked.append((event, exc))
+        self.checkpoint = events[-1].checkpoint
+        self.applied += len(events)
+        if self.progress is not None:
+            self.progress(self.applied)
+        return True
+
+    def _search_shadow_first(self) -> None:
+        self.conn.execute(
+            sql.SQL("SET LOCAL search_path = {}, {}").format(
+                sql.Identifier(self.shadow), sql.Identifier(self.live)
+            )
+        )
+
+
+def _swap(build: _Build) -> None:
+    """Catch the copies up under the checkpoint's lock and swap them in (one transaction)."""
+    conn, name = build.conn, build.projection.name
+    conn.execute(
+        "INSERT INTO projection_checkpoints (projection) VALUES (%s) ON CONFLICT DO NOTHING",
+        (name,),
+    )
+    conn.execute("SELECT FROM projection_checkpoints WHERE projection = %s FOR UPDATE", (name,))
+    while build.next_batch():
+        pass
+    conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(build.live)))
+    retired = sql.Identifier(f"retired_{name}")
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(retired))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(retired))
+    tables = build.projection.tables
+    conn.execute(
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(build.live, t) for t in tables)
+        )
+    )
+    for table in tables:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                sql.Identifier(build.live, table), retired
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                sql.Identifier(build.shadow, table), sql.Identifier(build.live)
+            )
+        )
+    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(retired))
+    conn.execute(
+        """
+        UPDATE projection_checkpoints
+           SET transaction_id = %s::text::xid8, position = %s, applied = %s, updated_at = now()
+         WHERE projection = %s
+        """,
+        (str(build.checkpoint.transaction_id), build.checkpoint.position, build.applied, name),
+    )
+    for event, error in build.parked:
+        conn.execute(
+            """
+            INSERT INTO dead_letters (projection, position, event_id, type, error, attempts)
+            VALUES (%s, %s, %s, %s, %s, 1)
+            ON CONFLICT (projection, position) DO UPDATE
+               SET error = excluded.error, attempts = dead_letters.attempts + 1,
+                   resolution = NULL, resolved_at = NULL
+             WHERE dead_letters.resolution IS DISTINCT FROM 'skipped'
+            """,
+            (name, event.position, event.event_id, event.type, f"{type(error).__name__}: {error}"),
+        )
