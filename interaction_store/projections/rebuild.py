@@ -31,6 +31,8 @@ from interaction_store.store import Checkpoint, RecordedEvent, Store
 __all__ = ["RebuildError", "RebuildResult", "rebuild"]
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+#: The table part of ``pg_get_indexdef``: "CREATE INDEX name ON schema.table USING ...".
+_INDEX_TARGET = re.compile(r" ON (?:ONLY )?\S+ USING ")
 
 
 class RebuildError(RuntimeError):
@@ -145,11 +147,12 @@ def _create_copies(
                 """,
                 (oid,),
             ).fetchall():
-                on_live = f" ON {sql.Identifier(live, table).as_string(conn)} "
-                on_shadow = f" ON {target.as_string(conn)} "
-                if on_live not in definition:
+                copy, found = _INDEX_TARGET.subn(
+                    f" ON {target.as_string(conn)} USING ", definition, 1
+                )
+                if not found:
                     raise RebuildError(f"cannot copy index: {definition}")
-                conn.execute(sql.SQL(definition.replace(on_live, on_shadow, 1)))
+                conn.execute(sql.SQL(copy))  # built from the catalog's own definition
 
 
 class _Build:
