@@ -455,22 +455,19 @@ def deadletters_list(obj: Context, everything: bool) -> None:
     if not letters:
         click.echo("no dead letters")
         return
-    table = Table(title=f"{len(letters)} dead letters")
-    for column in ("id", "projection", "position", "type", "attempts", "parked", "state"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("error", max_width=60)
     for letter in letters:
-        table.add_row(
-            str(letter.id),
-            letter.projection,
-            f"{letter.position:,}",
-            letter.type,
-            str(letter.attempts),
-            f"{letter.parked_at:%Y-%m-%d %H:%M}",
-            letter.resolution or "parked",
-            letter.error,
+        state = (
+            f"{letter.resolution} {letter.resolved_at:%Y-%m-%d %H:%M}"
+            if letter.resolution and letter.resolved_at
+            else "parked"
         )
-    Console().print(table)
+        click.echo(
+            f"#{letter.id}  {letter.projection}  position {letter.position:,}  {letter.type}"
+            f"  {state} (parked {letter.parked_at:%Y-%m-%d %H:%M},"
+            f" {letter.attempts} attempts)"
+        )
+        click.echo(f"    {letter.error}")
+    click.echo("retry one after a fix: interaction-store deadletters retry ID; give up: skip ID")
 
 
 @deadletters.command(name="retry")

@@ -130,3 +130,62 @@ def test_timeline_shows_the_at_risk_customers_email_then_call(run) -> None:  # t
     mail = next(i for i, line in enumerate(lines) if "email" in line and " in " in line)
     assert call < mail  # newest first: the call came after the email
     assert run("timeline", "email:nobody@example.com").exit_code != 0
+
+
+def test_customer_prints_the_summary_of_the_at_risk_customer(run) -> None:  # type: ignore[no-untyped-def]
+    assert run("demo").exit_code == 0
+    shown = run("customer", "email:margaret.chen@northwind.example")
+    assert shown.exit_code == 0, shown.output
+    for expected in ("Margaret Chen", "priority 897,600", "preferred agent ag-olivia", "voice"):
+        assert expected in shown.output
+    unknown = run("customer", "email:nobody@example.com")
+    assert unknown.exit_code != 0
+    assert "no customer is known by email:nobody@example.com" in unknown.output
+    assert "is not an email address" in run("customer", "email:not-an-address").output
+
+
+def test_timeline_shows_the_follow_up_and_the_breach(run) -> None:  # type: ignore[no-untyped-def]
+    assert run("demo").exit_code == 0
+    shown = run("timeline", "cu-northwind-mchen")
+    assert shown.exit_code == 0, shown.output
+    call = next(line for line in shown.output.splitlines() if "voice in" in line)
+    assert "follow-up" in call
+    assert "breached" in shown.output
+
+
+def test_rebuild_lag_and_deadletters(run) -> None:  # type: ignore[no-untyped-def]
+    assert run("demo").exit_code == 0
+    rebuilt = run("rebuild", "-q")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    for name in ("timeline", "customers", "conversations"):
+        assert f"{name}: rebuilt from 14 events" in rebuilt.output
+    assert run("rebuild", "nonsense").exit_code == 2
+    lag = run("lag")
+    assert lag.exit_code == 0, lag.output
+    assert "timeline" in lag.output
+    assert "ok" in lag.output
+    assert "no dead letters" in run("deadletters", "list").output
+    missing = run("deadletters", "skip", "42")
+    assert missing.exit_code == 1
+    assert "there is no dead letter 42" in missing.output
+
+
+def test_deadletters_list_and_skip_a_parked_event(run) -> None:  # type: ignore[no-untyped-def]
+    self_merge = {
+        "type": "customer.merged",
+        "occurred_at": "2026-11-02T09:00:00+00:00",
+        "data": {"customer_id": "cu-7", "source_customer_id": "cu-7"},
+    }
+    assert run("append", "-", input=ndjson([self_merge])).exit_code == 0
+    assert run("project", "--once").exit_code == 0
+    listed = run("deadletters", "list")
+    assert "customer.merged" in listed.output
+    assert "merging would make a cycle" in listed.output
+    skipped = run("deadletters", "skip", "1")
+    assert skipped.exit_code == 0, skipped.output
+    assert "skipped by timeline" in skipped.output
+    assert "no dead letters" in run("deadletters", "list").output
+    assert "skipped" in run("deadletters", "list", "--all").output
+    again = run("deadletters", "retry", "1")
+    assert again.exit_code == 1
+    assert "already skipped" in again.output
