@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import psycopg
 
 from interaction_store.store import RecordedEvent
@@ -26,10 +27,13 @@ class CustomersProjection:
     tables: tuple[str, ...] = ("customer_profiles",)
 
     def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+        run: list[RecordedEvent] = []
         for event in events:
             if event.type in ("customer.registered", "customer.profile_updated"):
-                _profile(conn, event)
+                run.append(event)
             elif event.type == "customer.erased":
+                _profiles(conn, run)
+                run = []
                 conn.execute(
                     """
                     UPDATE customer_profiles
@@ -43,26 +47,48 @@ class CustomersProjection:
                         event.data["customer_id"],
                     ),
                 )
+        _profiles(conn, run)
 
 
-def _profile(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
-    """Insert the profile, or update the facts the event gives (absent or null: kept)."""
-    data = event.data
-    facts = [data.get(field) for field in _PROFILE_FIELDS]
-    registered = event.occurred_at if event.type == "customer.registered" else None
+def _profiles(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+    """Insert the profiles, or update the facts the events give (absent or null: kept).
+
+    A run's events are first folded per customer, in order, so one statement writes them.
+    """
+    if not events:
+        return
+    folded: dict[str, dict[str, Any]] = {}
+    for event in events:
+        data = event.data
+        row = folded.setdefault(
+            data["customer_id"],
+            {"customer_id": data["customer_id"], "registered_at": None}
+            | dict.fromkeys(_PROFILE_FIELDS),
+        )
+        for field in _PROFILE_FIELDS:
+            if data.get(field) is not None:
+                row[field] = data[field]
+        if event.type == "customer.registered" and row["registered_at"] is None:
+            row["registered_at"] = event.occurred_at
+        row["updated_at"], row["position"] = event.occurred_at, event.position
     conn.execute(
         """
-        INSERT INTO customer_profiles (customer_id, name, tier, account_value, churn_risk,
-                                       registered_at, updated_at, position)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        INSERT INTO customer_profiles AS p (customer_id, name, tier, account_value, churn_risk,
+                                            registered_at, updated_at, position)
+        SELECT customer_id, name, tier, account_value, churn_risk, registered_at, updated_at,
+               position
+          FROM jsonb_to_recordset(%s::jsonb) AS r(
+                   customer_id text, name text, tier text, account_value double precision,
+                   churn_risk double precision, registered_at timestamptz,
+                   updated_at timestamptz, position bigint)
         ON CONFLICT (customer_id) DO UPDATE
-           SET name = coalesce(excluded.name, customer_profiles.name),
-               tier = coalesce(excluded.tier, customer_profiles.tier),
-               account_value = coalesce(excluded.account_value, customer_profiles.account_value),
-               churn_risk = coalesce(excluded.churn_risk, customer_profiles.churn_risk),
-               registered_at = coalesce(customer_profiles.registered_at, excluded.registered_at),
+           SET name = coalesce(excluded.name, p.name),
+               tier = coalesce(excluded.tier, p.tier),
+               account_value = coalesce(excluded.account_value, p.account_value),
+               churn_risk = coalesce(excluded.churn_risk, p.churn_risk),
+               registered_at = coalesce(p.registered_at, excluded.registered_at),
                updated_at = excluded.updated_at,
                position = excluded.position
         """,
-        (data["customer_id"], *facts, registered, event.occurred_at, event.position),
+        (orjson.dumps(list(folded.values())).decode(),),
     )

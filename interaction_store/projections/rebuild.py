@@ -203,6 +203,7 @@ class _Build:
         return True
 
     def _search_shadow_first(self) -> None:
+        self.conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")  # see the runner
         self.conn.execute(
             sql.SQL("SET LOCAL search_path = {}, {}").format(
                 sql.Identifier(self.shadow), sql.Identifier(self.live)

@@ -341,6 +341,9 @@ class ProjectionRunner:
             ).rowcount
             if claimed != 1:
                 raise _Lost()
+            # Views grow from empty: a plan cached while a table was tiny (a sequential
+            # scan) would be kept as it grows, so each batch is planned for the data it meets.
+            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             projection.apply(conn, events)
 
     def _apply_one_by_one(

@@ -66,20 +66,31 @@ class TimelineProjection:
     tables: tuple[str, ...] = ("identities", "customer_merges", "timeline")
 
     def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
-        run: list[RecordedEvent] = []
+        interactions: list[RecordedEvent] = []
+        links: list[RecordedEvent] = []
         for event in events:
             family = event.type.split(".")[0]
             if family in INTERACTION_FAMILIES:
-                run.append(event)
+                _links(conn, links)
+                links = []
+                interactions.append(event)
+            elif event.type in _LINKS:
+                _interactions(conn, interactions)
+                interactions = []
+                links.append(event)
             elif family == "customer":
-                _interactions(conn, run)
-                run = []
+                _interactions(conn, interactions)
+                _links(conn, links)
+                interactions, links = [], []
                 _customer(conn, event)
-        _interactions(conn, run)
+        _interactions(conn, interactions)
+        _links(conn, links)
 
 
 #: The first part of every interaction event type.
 INTERACTION_FAMILIES = frozenset({"email", "call", "chat", "sms", "tweet", "callback"})
+#: The events that link contacts to a customer; runs of them are applied together.
+_LINKS = frozenset({"customer.registered", "customer.identity_linked"})
 
 
 def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
@@ -169,20 +180,7 @@ def conversation_of(data: dict[str, Any]) -> str:
 def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
     data = event.data
     customer = data["customer_id"]
-    if event.type == "customer.registered":
-        for contact in data.get("contacts", []):
-            _link(conn, contact, customer, "verified", "registered", None, event.position)
-    elif event.type == "customer.identity_linked":
-        _link(
-            conn,
-            data["contact"],
-            customer,
-            data.get("confidence", "verified"),
-            data.get("reason", ""),
-            data.get("source"),
-            event.position,
-        )
-    elif event.type == "customer.identity_unlinked":
+    if event.type == "customer.identity_unlinked":
         kind, value = data["contact"]["kind"], data["contact"]["value"]
         conn.execute(
             """
@@ -226,28 +224,63 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
         _reresolve(conn, before)
 
 
-def _link(
-    conn: psycopg.Connection[Any],
-    contact: dict[str, str],
-    customer: str,
-    confidence: str,
-    reason: str,
-    source: str | None,
-    position: int,
-) -> None:
-    kind, value = contact["kind"], contact["value"]
-    conn.execute(
+def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+    """Apply a run of registrations and identity links: upsert the identities together,
+    then move the past interactions of the contacts that changed hands.
+
+    Within a run only the last link of a contact counts: nothing between the links reads
+    them. A contact never seen before has no interactions to move, since every interaction
+    naming no customer gave its contact an identity row when it was applied.
+    """
+    if not events:
+        return
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        data = event.data
+        if event.type == "customer.registered":
+            contacts = data.get("contacts") or []
+            how = {"confidence": "verified", "reason": "registered", "source": None}
+        else:
+            contacts = [data["contact"]]
+            how = {
+                "confidence": data.get("confidence", "verified"),
+                "reason": data.get("reason", ""),
+                "source": data.get("source"),
+            }
+        for contact in contacts:
+            key = (contact["kind"], contact["value"])
+            last.pop(key, None)  # keep the order of the last links
+            last[key] = {
+                "kind": key[0],
+                "value": key[1],
+                "customer_id": data["customer_id"],
+                "position": event.position,
+                **how,
+            }
+    if not last:
+        return
+    moved = conn.execute(
         """
-        INSERT INTO identities (kind, value, customer_id, confidence, reason, source, position)
-        VALUES (%s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (kind, value) DO UPDATE
-           SET customer_id = excluded.customer_id, confidence = excluded.confidence,
-               reason = excluded.reason, source = excluded.source,
-               position = excluded.position
+        WITH given AS (
+            SELECT * FROM jsonb_to_recordset(%s::jsonb) AS g(
+                kind text, value text, customer_id text, confidence text, reason text,
+                source text, position bigint)
+        ), linked AS (
+            INSERT INTO identities (kind, value, customer_id, confidence, reason, source,
+                                    position)
+            SELECT kind, value, customer_id, confidence, reason, source, position FROM given
+            ON CONFLICT (kind, value) DO UPDATE
+               SET customer_id = excluded.customer_id, confidence = excluded.confidence,
+                   reason = excluded.reason, source = excluded.source,
+                   position = excluded.position
+        )
+        SELECT i.kind, i.value FROM identities AS i JOIN given AS g USING (kind, value)
+         WHERE i.customer_id <> g.customer_id
         """,
-        (kind, value, customer, confidence, reason, source, position),
-    )
-    _reattribute_contact(conn, kind, value)
+        (orjson.dumps(list(last.values())).decode(),),
+    ).fetchall()
+    for kind, value in moved:  # identities as they were before (the statement's snapshot)
+        _reattribute_contact(conn, kind, value)
 
 
 def _reattribute_contact(conn: psycopg.Connection[Any], kind: str, value: str) -> None:
