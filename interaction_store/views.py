@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import sql
 
 from interaction_store.identity import normalise_contact, parse_contact_string
 from interaction_store.policy import ServiceLevels, priority
@@ -55,6 +56,12 @@ class TimelineItem:
     snippet: str
 
 
+#: ``%(customer)s`` with merges followed; a plain index probe when it was never merged.
+_RESOLVED = """(CASE WHEN EXISTS (SELECT FROM customer_merges
+                                  WHERE source_customer_id = %(customer)s)
+             THEN resolve_customer(%(customer)s) ELSE %(customer)s END)"""
+
+
 def resolve_customer(conn: psycopg.Connection[Any], customer_id: str) -> str:
     """The customer an id stands for now (a merged customer's id is an alias)."""
     row = conn.execute("SELECT resolve_customer(%s)", (customer_id,)).fetchone()
@@ -88,23 +95,32 @@ def timeline(
     until: datetime | None = None,
 ) -> list[TimelineItem]:
     """A customer's interactions, newest first; pass the last item's position as
-    ``before`` for the next page (a keyset cursor)."""
-    rows = conn.execute(
+    ``before`` for the next page (a keyset cursor). ``customer_id`` may be an alias."""
+    filters = {
+        "position < %(before)s": before,
+        "channel = %(channel)s": channel,
+        "type = %(type)s": type,
+        "conversation_id = %(conversation)s": conversation_id,
+        "occurred_at >= %(since)s": since,
+        "occurred_at < %(until)s": until,
+    }
+    conditions = [sql.SQL(f"AND {c}") for c, value in filters.items() if value is not None]
+    statement = sql.SQL(
         """
         SELECT position, event_id, customer_id, occurred_at, channel, direction, type,
                conversation_id, agent_id, contact_kind || ':' || contact_value, subject,
                snippet
           FROM timeline
-         WHERE customer_id = resolve_customer(%(customer)s)
-           AND (%(before)s::bigint IS NULL OR position < %(before)s::bigint)
-           AND (%(channel)s::text IS NULL OR channel = %(channel)s::text)
-           AND (%(type)s::text IS NULL OR type = %(type)s::text)
-           AND (%(conversation)s::text IS NULL OR conversation_id = %(conversation)s::text)
-           AND (%(since)s::timestamptz IS NULL OR occurred_at >= %(since)s::timestamptz)
-           AND (%(until)s::timestamptz IS NULL OR occurred_at < %(until)s::timestamptz)
+         WHERE customer_id = """
+        + _RESOLVED
+        + """
+           {conditions}
          ORDER BY position DESC
          LIMIT %(limit)s
-        """,
+        """
+    ).format(conditions=sql.SQL(" ").join(conditions))
+    rows = conn.execute(
+        statement,
         {
             "customer": customer_id,
             "before": before,

@@ -109,7 +109,9 @@ class ProjectionRunner:
     def run_once(self) -> int:
         """Apply one batch to every projection; the number of events applied.
 
-        Projections at the same checkpoint (the usual case) share one read of the log.
+        Projections at the same checkpoint (the usual case) share one read of the log and
+        one transaction; if that fails, each is applied on its own (and a poison event
+        found and parked).
         """
         at: dict[Checkpoint, list[Projection]] = {}
         checkpoints = self.checkpoints()
@@ -118,6 +120,15 @@ class ProjectionRunner:
         applied = 0
         for checkpoint, projections in at.items():
             events = self.store.read_all(after=checkpoint, limit=self.batch_size)
+            if not events:
+                continue
+            if len(projections) > 1:
+                try:
+                    self._apply(projections, checkpoint, events)
+                    applied += len(events) * len(projections)
+                    continue
+                except Exception:  # _Lost included: each is retried alone just below
+                    pass
             for projection in projections:
                 applied += self._step(projection, checkpoint, events)
         return applied
@@ -153,7 +164,7 @@ class ProjectionRunner:
         if not events:
             return 0
         try:
-            self._apply(projection, checkpoint, events)
+            self._apply([projection], checkpoint, events)
         except _Lost:
             return 0
         except Exception as exc:  # one event is at fault: find it, retry it, park it
@@ -317,34 +328,51 @@ class ProjectionRunner:
             )
 
     def _apply(
-        self, projection: Projection, checkpoint: Checkpoint, events: Sequence[RecordedEvent]
+        self,
+        projections: Sequence[Projection],
+        checkpoint: Checkpoint,
+        events: Sequence[RecordedEvent],
     ) -> None:
+        """Claim the batch for each projection and apply it, all in one transaction."""
         last = events[-1].checkpoint
         with self.store.pool.connection() as conn, conn.transaction():
-            claimed = conn.execute(
-                """
-                UPDATE projection_checkpoints
-                   SET transaction_id = %(txid)s::text::xid8, position = %(position)s,
-                       applied = applied + %(count)s, updated_at = now()
-                 WHERE projection = %(name)s
-                   AND transaction_id = %(seen_txid)s::text::xid8
-                   AND position = %(seen_position)s
-                """,
-                {
-                    "name": projection.name,
-                    "txid": str(last.transaction_id),
-                    "position": last.position,
-                    "count": len(events),
-                    "seen_txid": str(checkpoint.transaction_id),
-                    "seen_position": checkpoint.position,
-                },
-            ).rowcount
-            if claimed != 1:
-                raise _Lost()
+            for projection in projections:
+                self._claim(conn, projection.name, checkpoint, last, len(events))
             # Views grow from empty: a plan cached while a table was tiny (a sequential
             # scan) would be kept as it grows, so each batch is planned for the data it meets.
             conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            projection.apply(conn, events)
+            for projection in projections:
+                projection.apply(conn, events)
+
+    def _claim(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        checkpoint: Checkpoint,
+        last: Checkpoint,
+        count: int,
+    ) -> None:
+        """Compare-and-set the checkpoint from ``checkpoint`` to ``last``, or raise _Lost."""
+        claimed = conn.execute(
+            """
+            UPDATE projection_checkpoints
+               SET transaction_id = %(txid)s::text::xid8, position = %(position)s,
+                   applied = applied + %(count)s, updated_at = now()
+             WHERE projection = %(name)s
+               AND transaction_id = %(seen_txid)s::text::xid8
+               AND position = %(seen_position)s
+            """,
+            {
+                "name": name,
+                "txid": str(last.transaction_id),
+                "position": last.position,
+                "count": count,
+                "seen_txid": str(checkpoint.transaction_id),
+                "seen_position": checkpoint.position,
+            },
+        ).rowcount
+        if claimed != 1:
+            raise _Lost()
 
     def _apply_one_by_one(
         self, projection: Projection, checkpoint: Checkpoint, events: Sequence[RecordedEvent]
@@ -353,7 +381,7 @@ class ProjectionRunner:
         for event in events:
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    self._apply(projection, checkpoint, [event])
+                    self._apply([projection], checkpoint, [event])
                     break
                 except _Lost:
                     return applied

@@ -34,7 +34,7 @@ __all__ = [
 
 SNIPPET_LENGTH: Final = 160
 _TAG = re.compile(r"<[^>]*>")
-_SPACE = re.compile(r"\s+")
+_UNCLOSED_TAG = re.compile(r"<[^>]*$")
 
 
 def provisional_customer_id(kind: str, value: str) -> str:
@@ -43,8 +43,24 @@ def provisional_customer_id(kind: str, value: str) -> str:
 
 
 def snippet(text: str | None, length: int = SNIPPET_LENGTH) -> str:
-    """A short plain-text preview: tags dropped, entities decoded, whitespace folded."""
-    plain = _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text or ""))).strip()
+    """A short plain-text preview: tags dropped, entities decoded, whitespace folded.
+
+    Only a prefix of a long text is cleaned, a longer one while tags fill it: what a cut
+    spoils (half a tag or entity) lies well past the preview's end.
+    """
+    text = text or ""
+    window = length * 2
+    while True:
+        part = text[:window]
+        cut = len(part) < len(text)
+        if "<" in part:
+            part = _TAG.sub(" ", _UNCLOSED_TAG.sub("", part) if cut else part)
+        if "&" in part:
+            part = html.unescape(part)
+        plain = " ".join(part.split())  # folds whitespace as \s+ does, in C
+        if not cut or len(plain) > length + 16:
+            break
+        window *= 4
     return plain if len(plain) <= length else plain[: length - 1].rstrip() + "…"
 
 
@@ -109,9 +125,9 @@ def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]
         rows.append(
             {
                 "position": event.position,
-                "event_id": str(event.event_id),
+                "event_id": event.event_id,
                 "named": named,
-                "occurred_at": event.occurred_at.isoformat(),
+                "occurred_at": event.occurred_at,
                 "channel": data["channel"],
                 "direction": data["direction"],
                 "type": event.type,
