@@ -25,3 +25,4 @@ def test_the_python_examples_run_in_order(
     assert "stored at position 1 stream version 1" in printed
     assert "{'kind': 'email', 'value': 'margaret.chen@northwind.example'}" in printed
     assert "True ['Invoice INV-7731 bills 40 pallets, we shipped 28']" in printed
+    assert "open ['email'] True\n0.0\n" in printed
