@@ -8,6 +8,7 @@ ids included. Events average about 1 KB of JSON.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,10 +193,11 @@ def generate(
             yield _registered(person, start - timedelta(days=30), rng)
     # A few customers write most of the time: repeat contacts across channels.
     weights = [1.0 / (rank + 1) ** 0.6 for rank in range(len(people))]
+    cumulative = list(itertools.accumulate(weights))  # choices() would redo this per call
     clock = start
     produced = 0
     while produced < count:
-        person = rng.choices(people, weights)[0]
+        person = rng.choices(people, cum_weights=cumulative)[0]
         channel = rng.choices(list(_CHANNELS), [w for w, _ in _CHANNELS.values()])[0]
         low, high = _CHANNELS[channel][1]
         length = min(rng.randint(low, high), count - produced)
