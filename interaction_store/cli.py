@@ -392,8 +392,16 @@ def lag(obj: Context, stalled_after: float) -> None:
                 f"  behind {item.events:>8,} events / {item.seconds:,.1f} s"
                 f"  last progress {item.since_progress:,.0f} s ago"
             )
+        writer = runner.oldest_writer()
     if stalled:
-        raise click.ClickException(f"stalled: {', '.join(sorted(stalled))}")
+        blame = ""
+        if writer is not None and writer[1] > stalled_after:
+            pid, seconds, query = writer
+            blame = (
+                f"; backend {pid} has held a writing transaction open for {seconds:,.0f} s"
+                f" and readers of the log cannot pass it: {query}"
+            )
+        raise click.ClickException(f"stalled: {', '.join(sorted(stalled))}{blame}")
 
 
 @cli.command(name="rebuild")
@@ -519,7 +527,7 @@ def timeline_command(obj: Context, who: str, limit: int, channel: str | None) ->
     """
     levels = obj.settings.service_levels()
     with obj.store(migrate=True) as store:
-        ProjectionRunner(store, all_projections()).catch_up()
+        _catch_up(store)
         with store.pool.connection() as conn:
             customer = _find_customer(conn, who, obj.settings)
             items = views.timeline(conn, customer, limit=limit, channel=channel)
@@ -555,6 +563,15 @@ def timeline_command(obj: Context, who: str, limit: int, channel: str | None) ->
         ]
         table.add_row(*row)
     console.print(table)
+
+
+def _catch_up(store: Store) -> None:
+    """Bring the views up to the log before reading them, saying so when it takes a while."""
+    runner = ProjectionRunner(store, all_projections())
+    behind = max((lag.events for lag in runner.lag()), default=0)
+    if behind > 5000:
+        err.print(f"catching the views up with {behind:,} new events first ...")
+    runner.catch_up()
 
 
 def _find_customer(conn: Any, who: str, settings: Settings) -> str:
@@ -595,14 +612,19 @@ def customer_command(obj: Context, who: str) -> None:
     """
     levels = obj.settings.service_levels()
     with obj.store(migrate=True) as store:
-        ProjectionRunner(store, all_projections()).catch_up()
+        _catch_up(store)
         with store.pool.connection() as conn:
             summary = views.customer(
                 conn, _find_customer(conn, who, obj.settings), service_levels=levels
             )
     console = Console()
     profile = summary.profile
-    name = (profile.name if profile else None) or "(no profile: a provisional customer)"
+    if profile is None:
+        name = "(no profile: a provisional customer)"
+    elif profile.erased_at is not None:
+        name = f"(erased {profile.erased_at:%Y-%m-%d})"
+    else:
+        name = profile.name or "(no name)"
     console.print(f"[bold]{name}[/bold]  {summary.customer_id}")
     facts = []
     if profile is not None:

@@ -213,9 +213,10 @@ class ConversationSummary:
     follows_up: list[FollowUp]
 
 
-def follow_ups(conn: psycopg.Connection[Any], customer_ids: list[str]) -> list[FollowUp]:
-    """Every follow-up of these customers: for each wait of theirs, the customer's inbound
-    interactions on another channel from its start until its end (or now)."""
+def follow_ups(conn: psycopg.Connection[Any], conversation_ids: list[str]) -> list[FollowUp]:
+    """The follow-ups that involve these conversations, as the waiting one or as the one
+    followed up with: for each wait, the same customer's inbound interactions on another
+    channel from its start until its end (or now)."""
     rows = conn.execute(
         """
         SELECT t.position, t.occurred_at, t.channel, t.type, t.conversation_id,
@@ -227,10 +228,20 @@ def follow_ups(conn: psycopg.Connection[Any], customer_ids: list[str]) -> list[F
             ON t.customer_id = s.customer_id AND t.direction = 'inbound'
            AND t.channel <> w.channel AND t.position > w.started_position
            AND (w.ended_position IS NULL OR t.position <= w.ended_position)
-         WHERE s.customer_id = ANY (%s)
-         ORDER BY t.position, w.started_position
+         WHERE w.conversation_id = ANY (%(ids)s)
+        UNION
+        SELECT t.position, t.occurred_at, t.channel, t.type, t.conversation_id,
+               w.conversation_id, w.started_position
+          FROM timeline AS t
+          JOIN timeline AS s ON s.customer_id = t.customer_id AND s.position < t.position
+          JOIN conversation_waits AS w
+            ON w.conversation_id = s.conversation_id AND w.started_position = s.position
+           AND w.channel <> t.channel
+           AND (w.ended_position IS NULL OR t.position <= w.ended_position)
+         WHERE t.conversation_id = ANY (%(ids)s) AND t.direction = 'inbound'
+         ORDER BY 1, 7
         """,
-        (customer_ids,),
+        {"ids": conversation_ids},
     ).fetchall()
     return [FollowUp(*row) for row in rows]
 
@@ -285,8 +296,7 @@ def conversations(
         waits.setdefault(cid, []).append(
             Wait(position, started, channel, due, ended, ended_by, (ended or now) > due)
         )
-    customers = sorted({row[3] for row in rows if row[3] is not None})
-    pairs = follow_ups(conn, customers) if customers else []
+    pairs = follow_ups(conn, [row[0] for row in rows]) if rows else []
     by_id = {}
     for cid, case_id, case, customer_id, status, channels, count, opened, last, resolved in rows:
         own = waits.get(cid, [])
@@ -306,7 +316,7 @@ def conversations(
             awaiting_since=current.started_at if current else None,
             response_due_at=current.due_at if current else None,
             first_response_due_at=first.due_at if first else None,
-            first_response_at=first.ended_at if first else None,
+            first_response_at=first.ended_at if first and first.ended_by == "response" else None,
             breached=any(w.breached for w in own),
             waits=own,
             follow_ups=[p for p in pairs if p.waiting_conversation_id == cid],

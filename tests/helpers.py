@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
 import psycopg
+
+from interaction_store.store import RecordedEvent
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -46,3 +49,19 @@ def count_events(url: str) -> int:
         row = conn.execute("SELECT count(*) FROM events").fetchone()
     assert row is not None
     return int(row[0])
+
+
+class Flaky:
+    """A projection with a bug on emails until ``fixed``; it records what it applied."""
+
+    name = "flaky"
+    tables = ("flaky_seen",)
+
+    def __init__(self) -> None:
+        self.fixed = False
+
+    def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+        for event in events:
+            if event.type == "email.received" and not self.fixed:
+                raise KeyError("subject")
+            conn.execute("INSERT INTO flaky_seen VALUES (%s)", (event.position,))

@@ -4,8 +4,9 @@ A *wait* starts with an inbound interaction that needs an answer (an email, SMS,
 chat message, a missed or abandoned call, a voicemail, a callback request) while its
 conversation is not already waiting, and ends with the first response anywhere in its
 *case* (the conversations joined by ``conversation.linked``): an outbound message, an
-answered call, or the conversation's resolution. The service-level policy is applied when
-the view is read (``views.conversation``), so changing it needs no rebuild.
+answered call, or the conversation's resolution; or, in a chat, with its end. The
+service-level policy is applied when the view is read (``views.conversation``), so
+changing it needs no rebuild.
 
 Each batch loads the rows it touches, applies its events in order in memory, and writes
 back what changed with two set-based statements.
@@ -235,6 +236,8 @@ def _interaction(batch: _Batch, event: RecordedEvent) -> None:
     elif is_response(event.type, data):
         for member in batch.case(conversation.case_id):
             batch.end_wait(member.conversation_id, event, "response")
+    elif event.type == "chat.ended":  # the visitor is gone: nobody waits in this chat now
+        batch.end_wait(conversation.conversation_id, event, "chat ended")
 
 
 def _conversation_event(batch: _Batch, event: RecordedEvent) -> None:

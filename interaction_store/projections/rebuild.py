@@ -64,35 +64,54 @@ def rebuild(
     started = time.perf_counter()
     shadow = f"rebuild_{projection.name}"
     with store.pool.connection() as conn:
+        autocommit = conn.autocommit
         conn.autocommit = True
-        locked = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext('interaction-store rebuild'), hashtext(%s))",
-            (projection.name,),
-        ).fetchone()
-        if not (locked and locked[0]):
-            raise RebuildError(f"a rebuild of {projection.name} is already running")
         try:
-            live = _live_schema(conn, projection.tables)
-            _create_copies(conn, live, shadow, projection.tables)
-            build = _Build(store, projection, conn, live, shadow, batch_size, progress)
-            while build.next_batch():
-                pass
-            with conn.transaction():
-                _swap(build)
-            return RebuildResult(
-                projection.name,
-                build.applied,
-                len(build.parked),
-                time.perf_counter() - started,
-                build.checkpoint,
-            )
+            return _rebuild(store, projection, conn, shadow, batch_size, progress, started)
         finally:
+            conn.autocommit = autocommit  # the pool's connections stay as the pool made them
+
+
+def _rebuild(
+    store: Store,
+    projection: Projection,
+    conn: psycopg.Connection[Any],
+    shadow: str,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    started: float,
+) -> RebuildResult:
+    locked = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtext('interaction-store rebuild'), hashtext(%s))",
+        (projection.name,),
+    ).fetchone()
+    if not (locked and locked[0]):
+        raise RebuildError(f"a rebuild of {projection.name} is already running")
+    try:
+        live = _live_schema(conn, projection.tables)
+        _create_copies(conn, live, shadow, projection.tables)
+        build = _Build(store, projection, conn, live, shadow, batch_size, progress)
+        while build.next_batch():
+            pass
+        for table in projection.tables:  # plans for the swap's catch-up and the first reads
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(shadow, table)))
+        with conn.transaction():
+            _swap(build)
+        return RebuildResult(
+            projection.name,
+            build.applied,
+            len(build.parked),
+            time.perf_counter() - started,
+            build.checkpoint,
+        )
+    finally:
+        try:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
+        finally:
             conn.execute(
                 "SELECT pg_advisory_unlock(hashtext('interaction-store rebuild'), hashtext(%s))",
                 (projection.name,),
             )
-            conn.autocommit = False
 
 
 def _live_schema(conn: psycopg.Connection[Any], tables: Sequence[str]) -> str:
@@ -153,6 +172,34 @@ def _create_copies(
                 if not found:
                     raise RebuildError(f"cannot copy index: {definition}")
                 conn.execute(sql.SQL(copy))  # built from the catalog's own definition
+            _copy_privileges(conn, oid, target)
+
+
+def _copy_privileges(conn: psycopg.Connection[Any], oid: str, target: sql.Composable) -> None:
+    """Give the copy the live table's owner and grants: readers keep their access."""
+    row = conn.execute(
+        "SELECT pg_get_userbyid(relowner), current_user FROM pg_class WHERE oid = %s::regclass",
+        (oid,),
+    ).fetchone()
+    if row and row[0] != row[1]:
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(target, sql.Identifier(row[0])))
+    for grantee, privilege, grantable in conn.execute(
+        """
+        SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
+               a.privilege_type, a.is_grantable
+          FROM pg_class AS c, aclexplode(c.relacl) AS a
+         WHERE c.oid = %s::regclass AND a.grantee <> c.relowner
+        """,
+        (oid,),
+    ).fetchall():
+        conn.execute(
+            sql.SQL("GRANT {} ON {} TO {}{}").format(
+                sql.SQL(privilege),
+                target,
+                sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
 
 
 class _Build:
@@ -250,6 +297,15 @@ def _swap(build: _Build) -> None:
          WHERE projection = %s
         """,
         (str(build.checkpoint.transaction_id), build.checkpoint.position, build.applied, name),
+    )
+    # What the rebuild applied is in the new view: its dead letters are settled.
+    conn.execute(
+        """
+        UPDATE dead_letters SET resolution = 'rebuilt', resolved_at = now()
+         WHERE projection = %s AND (resolution IS NULL OR resolution = 'skipped')
+           AND position <> ALL (%s)
+        """,
+        (name, [event.position for event, _ in build.parked]),
     )
     for event, error in build.parked:
         conn.execute(

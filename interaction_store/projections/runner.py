@@ -222,6 +222,23 @@ class ProjectionRunner:
             ).fetchall()
         return [Lag(r[0], r[1], r[2], r[3], float(r[4]), float(r[5])) for r in rows]
 
+    def oldest_writer(self) -> tuple[int, float, str] | None:
+        """The backend whose open writing transaction is the oldest: (pid, seconds, query).
+
+        Readers of the log stop at the oldest running writer (gap safety), so a long
+        transaction anywhere in the database holds every projection back.
+        """
+        with self.store.pool.connection() as conn:
+            row = conn.execute(
+                """
+                SELECT pid, extract(epoch FROM now() - xact_start), left(query, 120)
+                  FROM pg_stat_activity
+                 WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+                 ORDER BY xact_start LIMIT 1
+                """
+            ).fetchone()
+        return (int(row[0]), float(row[1]), str(row[2])) if row else None
+
     def stalled(self, after: float = 60.0) -> list[Lag]:
         """The projections that look stuck: events have waited more than ``after`` seconds
         and the checkpoint has not moved for as long (a liveness check)."""
@@ -251,7 +268,12 @@ class ProjectionRunner:
 
     def retry(self, dead_letter_id: int) -> DeadLetter:
         """Apply a parked event again (after a fix). On success it is marked retried; on
-        failure nothing changes but its error and attempt count, and the error is raised."""
+        failure nothing changes but its error and attempt count, and the error is raised.
+
+        The event is applied now, after the events that followed it in the log, while the
+        projection's checkpoint row is locked (its runner waits). Where the order matters
+        (two links of one contact, two profile updates) a rebuild gives the exact view.
+        """
         projections = {p.name: p for p in self.projections}
         try:
             with self.store.pool.connection() as conn, conn.transaction():
@@ -259,6 +281,11 @@ class ProjectionRunner:
                 projection = projections.get(letter.projection)
                 if projection is None:
                     raise LookupError(f"projection {letter.projection!r} is not run here")
+                conn.execute(
+                    "SELECT FROM projection_checkpoints WHERE projection = %s FOR UPDATE",
+                    (letter.projection,),
+                )
+                conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                 event = self.store.read_event(letter.position)
                 if event is None:
                     raise LookupError(f"no event at position {letter.position}")

@@ -217,9 +217,29 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
         _reattribute_contact(conn, kind, value)
     elif event.type == "customer.merged":
         source = data["source_customer_id"]
+        row = conn.execute(
+            """
+            WITH RECURSIVE chain(id, hops) AS (
+                SELECT %(target)s::text, 0
+                UNION ALL
+                SELECT m.target_customer_id, c.hops + 1
+                  FROM customer_merges AS m JOIN chain AS c ON m.source_customer_id = c.id
+                 WHERE c.hops < 100
+            )
+            SELECT EXISTS (SELECT FROM chain WHERE id = %(source)s),
+                   EXISTS (SELECT FROM customer_merges
+                            WHERE source_customer_id = %(source)s
+                              AND target_customer_id = %(target)s)
+            """,
+            {"source": source, "target": customer},
+        ).fetchone()
+        assert row is not None
+        cycle, already = row
+        if already:  # the same merge again: nothing changes
+            return
+        if cycle:  # the target is, or leads to, the source
+            raise ValueError(f"{customer} is merged into {source}: merging would make a cycle")
         before = resolve_customer(conn, source)
-        if resolve_customer(conn, customer) == before:
-            raise ValueError(f"{source} is {customer} already: merging would make a cycle")
         conn.execute(
             """
             INSERT INTO customer_merges (source_customer_id, target_customer_id, position)

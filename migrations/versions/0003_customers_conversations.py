@@ -17,6 +17,11 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute(r"""
+-- A rebuild that applies a parked event settles its dead letter as 'rebuilt'.
+ALTER TABLE dead_letters DROP CONSTRAINT dead_letters_resolution_check,
+    ADD CONSTRAINT dead_letters_resolution_check
+        CHECK (resolution IN ('retried', 'skipped', 'rebuilt'));
+
 -- Profile facts of registered customers (projection "customers"). Keyed by the id the
 -- customer was registered under; a merged customer keeps its row and reads through to
 -- its target's.
@@ -58,7 +63,7 @@ CREATE TABLE conversation_waits (
     channel         text        NOT NULL,
     ended_position  bigint,
     ended_at        timestamptz,
-    ended_by        text        CHECK (ended_by IN ('response', 'resolved')),
+    ended_by        text        CHECK (ended_by IN ('response', 'resolved', 'chat ended')),
     PRIMARY KEY (conversation_id, started_position)
 );
 CREATE INDEX conversation_waits_open ON conversation_waits (conversation_id)
@@ -78,4 +83,7 @@ DROP INDEX timeline_conversation;
 DROP TABLE conversation_waits;
 DROP TABLE conversations;
 DROP TABLE customer_profiles;
+UPDATE dead_letters SET resolution = 'retried' WHERE resolution = 'rebuilt';
+ALTER TABLE dead_letters DROP CONSTRAINT dead_letters_resolution_check,
+    ADD CONSTRAINT dead_letters_resolution_check CHECK (resolution IN ('retried', 'skipped'));
 """)

@@ -144,6 +144,7 @@ class Fussy:
     """A projection that cannot apply one event type; it writes what it applied."""
 
     name = "fussy"
+    tables = ("fussy_seen",)
 
     def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
         for event in events:
@@ -168,3 +169,28 @@ def test_a_poison_event_is_parked_and_the_projection_goes_on(store: Store) -> No
     assert parked == [
         ("fussy", positions[1], "email.received", 2, "ValueError: cannot handle email")
     ]
+
+
+def test_merges_may_be_repeated_and_retargeted_but_never_cycle(
+    store: Store, runner: ProjectionRunner
+) -> None:
+    store.append_batch(
+        [
+            sms(1, conversation_id="c-s", customer_id="cu-s"),
+            sms(2, conversation_id="c-t", customer_id="cu-t"),
+            customer_event("merged", "cu-r", 1, source_customer_id="cu-s"),
+            customer_event("merged", "cu-r", 2, source_customer_id="cu-t"),
+            customer_event("merged", "cu-r", 3, source_customer_id="cu-s"),  # again: no-op
+            customer_event("merged", "cu-t", 4, source_customer_id="cu-s"),  # s -> t -> r
+            customer_event("merged", "cu-s", 5, source_customer_id="cu-r"),  # r -> s: a cycle
+        ]
+    )
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        merges = conn.execute(
+            "SELECT source_customer_id, target_customer_id FROM customer_merges ORDER BY 1"
+        ).fetchall()
+        parked = conn.execute("SELECT error FROM dead_letters").fetchall()
+        assert len(timeline(conn, "cu-r")) == 2
+    assert merges == [("cu-s", "cu-t"), ("cu-t", "cu-r")]
+    assert parked == [("ValueError: cu-s is merged into cu-r: merging would make a cycle",)]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from interaction_store.db import open_pool
 from interaction_store.demo import generate
@@ -16,7 +18,7 @@ from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.rebuild import rebuild
 from interaction_store.store import Store
 from interaction_store.testing import TestDatabases
-from tests.helpers import T0
+from tests.helpers import T0, Flaky, email, sms
 
 #: Every table a projection writes, with the columns that identify a row.
 VIEW_TABLES = {
@@ -285,3 +287,39 @@ def test_readers_never_see_a_half_built_view_and_a_live_runner_goes_on(store: St
     rebuild_all(store)
     assert snapshot(store) == live
     assert len(live["timeline"]) == 2600
+
+
+def test_a_rebuild_settles_dead_letters_keeps_grants_and_leaves_the_pool_as_it_was(
+    store: Store, databases: TestDatabases
+) -> None:
+    with store.pool.connection() as conn:
+        conn.execute("CREATE TABLE flaky_seen (position bigint PRIMARY KEY)")
+    store.append_batch([sms(1), email(2)])
+    projection = Flaky()
+    runner = ProjectionRunner(store, [projection], max_attempts=1)
+    runner.catch_up()
+    [letter] = runner.dead_letters()
+    reader = f"reader_{uuid4().hex[:8]}"
+    with psycopg.connect(databases.server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(reader)))
+    try:
+        with store.pool.connection() as conn:
+            conn.execute(sql.SQL("GRANT SELECT ON flaky_seen TO {}").format(sql.Identifier(reader)))
+        projection.fixed = True
+        rebuild(store, projection)
+        with store.pool.connection() as conn:
+            granted = conn.execute(
+                "SELECT has_table_privilege(%s, 'flaky_seen', 'SELECT')", (reader,)
+            ).fetchone()
+            conn.execute(sql.SQL("REVOKE ALL ON flaky_seen FROM {}").format(sql.Identifier(reader)))
+    finally:
+        with psycopg.connect(databases.server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader)))
+    assert granted == (True,)
+    [settled] = runner.dead_letters(resolved=True)
+    assert (settled.id, settled.resolution) == (letter.id, "rebuilt")
+    assert runner.dead_letters() == []
+    # every connection the pool hands out is still in autocommit, as the store needs
+    with store.pool.connection() as one, store.pool.connection() as two:
+        assert one.autocommit
+        assert two.autocommit

@@ -6,17 +6,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
 
-import psycopg
 import pytest
 
 from interaction_store.demo import generate
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.runner import DeadLetterError
-from interaction_store.store import RecordedEvent, Store
-from tests.helpers import email, sms
+from interaction_store.store import Store
+from tests.helpers import Flaky, email, sms
 
 
 def applied(store: Store) -> dict[str, int]:
@@ -71,22 +68,6 @@ def test_a_killed_runner_restarts_and_applies_every_event_exactly_once(
         ).fetchone()
     # an event applied twice would count twice in the conversations' tallies
     assert counts == (interactions, interactions, 200)
-
-
-class Flaky:
-    """A projection with a bug on emails until ``fixed``; it records what it applied."""
-
-    name = "flaky"
-    tables = ("flaky_seen",)
-
-    def __init__(self) -> None:
-        self.fixed = False
-
-    def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
-        for event in events:
-            if event.type == "email.received" and not self.fixed:
-                raise KeyError("subject")
-            conn.execute("INSERT INTO flaky_seen VALUES (%s)", (event.position,))
 
 
 def seen(store: Store) -> list[int]:

@@ -332,3 +332,18 @@ def test_sms_and_email_helpers_still_land_on_the_timeline(
     with store.pool.connection() as conn:
         row = conn.execute("SELECT count(*), sum(interactions) FROM conversations").fetchone()
     assert row == (2, 2)
+
+
+def test_a_chat_that_ends_unanswered_waits_no_more(store: Store, runner: ProjectionRunner) -> None:
+    store.append_batch(
+        [
+            interaction("chat.message", 0, "c-chat", text="anyone?"),
+            interaction("chat.ended", 10, "c-chat", ended_by="customer"),
+        ]
+    )
+    runner.catch_up()
+    chat = summary(store, "c-chat")
+    assert chat.awaiting_since is None
+    assert chat.waits[0].ended_by == "chat ended"
+    assert chat.breached  # ten minutes without an answer, against two
+    assert chat.first_response_at is None
