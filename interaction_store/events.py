@@ -11,6 +11,7 @@ model gains the next version and a static method ``upcast_v<N>_v<N+1>(data) -> d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 from uuid import UUID, uuid4, uuid5
@@ -485,6 +486,7 @@ CATALOGUE: Mapping[str, type[EventBase]] = {
 _BATCH: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 
+@functools.cache
 def schema_version_of(model: type[EventBase]) -> int:
     return cast(int, model.model_fields["schema_version"].default)
 

@@ -22,7 +22,11 @@ from typing import Any
 import orjson
 import psycopg
 
-from interaction_store.projections.timeline import INTERACTION_FAMILIES, conversation_of
+from interaction_store.projections.timeline import (
+    INTERACTION_FAMILIES,
+    conversation_of,
+    family_of,
+)
 from interaction_store.store import RecordedEvent
 
 __all__ = ["ConversationsProjection", "is_response", "needs_response"]
@@ -101,6 +105,7 @@ class _Batch:
 
     def __init__(self, conn: psycopg.Connection[Any], conversation_ids: Iterable[str]) -> None:
         self.conversations: dict[str, _Conversation] = {}
+        self.cases: dict[str, list[str]] = {}  # case id -> its conversations
         self.open_waits: dict[str, _Wait] = {}
         self.changed: set[str] = set()
         self.changed_waits: dict[tuple[str, int], _Wait] = {}
@@ -116,6 +121,7 @@ class _Batch:
             {"ids": ids},
         ):
             self.conversations[row[0]] = _Conversation(*row)
+            self.cases.setdefault(row[1], []).append(row[0])
         for row in conn.execute(
             """
             SELECT conversation_id, started_position, started_at, channel
@@ -131,11 +137,21 @@ class _Batch:
         if conversation is None:
             conversation = _Conversation(conversation_id, case_id=conversation_id)
             self.conversations[conversation_id] = conversation
+            self.cases.setdefault(conversation_id, []).append(conversation_id)
         self.changed.add(conversation_id)
         return conversation
 
     def case(self, case_id: str) -> list[_Conversation]:
-        return [c for c in self.conversations.values() if c.case_id == case_id]
+        return [self.conversations[c] for c in self.cases.get(case_id, ())]
+
+    def join(self, one: str, other: str) -> None:
+        """Make the cases ``one`` and ``other`` one case, named by the smaller id."""
+        if one == other:
+            return
+        joined, gone = min(one, other), max(one, other)
+        for member in self.cases.pop(gone, []):
+            self.get(member).case_id = joined
+            self.cases.setdefault(joined, []).append(member)
 
     def end_wait(self, conversation_id: str, event: RecordedEvent, ended_by: str) -> None:
         wait = self.open_waits.pop(conversation_id, None)
@@ -189,33 +205,34 @@ class ConversationsProjection:
     tables: tuple[str, ...] = ("conversations", "conversation_waits")
 
     def apply(self, conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
-        relevant = []
+        relevant: list[tuple[RecordedEvent, str]] = []  # with their conversation
         ids: list[str] = []
         for event in events:
-            family = event.type.split(".")[0]
+            family = family_of(event.type)
             if family in INTERACTION_FAMILIES:
-                ids.append(conversation_of(event.data))
+                conversation_id = conversation_of(event.data)
             elif family == "conversation":
-                ids.append(event.data["conversation_id"])
+                conversation_id = event.data["conversation_id"]
                 if "linked_conversation_id" in event.data:
                     ids.append(event.data["linked_conversation_id"])
             else:
                 continue
-            relevant.append(event)
+            ids.append(conversation_id)
+            relevant.append((event, conversation_id))
         if not relevant:
             return
         batch = _Batch(conn, ids)
-        for event in relevant:
+        for event, conversation_id in relevant:
             if event.type.startswith("conversation."):
                 _conversation_event(batch, event)
             else:
-                _interaction(batch, event)
+                _interaction(batch, event, conversation_id)
         batch.write(conn)
 
 
-def _interaction(batch: _Batch, event: RecordedEvent) -> None:
+def _interaction(batch: _Batch, event: RecordedEvent, conversation_id: str) -> None:
     data = event.data
-    conversation = batch.get(conversation_of(data))
+    conversation = batch.get(conversation_id)
     if conversation.opened_at is None:
         conversation.opened_at = event.occurred_at
     if data["channel"] not in conversation.channels:
@@ -255,7 +272,4 @@ def _conversation_event(batch: _Batch, event: RecordedEvent) -> None:
     elif event.type == "conversation.linked":
         other = batch.get(data["linked_conversation_id"])
         other.position = event.position
-        joined = min(conversation.case_id, other.case_id)
-        for member in batch.case(conversation.case_id) + batch.case(other.case_id):
-            if member.case_id != joined:
-                batch.get(member.conversation_id).case_id = joined
+        batch.join(conversation.case_id, other.case_id)

@@ -10,6 +10,7 @@ zero would give, and an unmerge puts every event back where it was.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "SNIPPET_LENGTH",
     "TimelineProjection",
     "conversation_of",
+    "family_of",
     "provisional_customer_id",
     "snippet",
 ]
@@ -85,7 +87,7 @@ class TimelineProjection:
         interactions: list[RecordedEvent] = []
         links: list[RecordedEvent] = []
         for event in events:
-            family = event.type.split(".")[0]
+            family = family_of(event.type)
             if family in INTERACTION_FAMILIES:
                 _links(conn, links)
                 links = []
@@ -101,6 +103,12 @@ class TimelineProjection:
                 _customer(conn, event)
         _interactions(conn, interactions)
         _links(conn, links)
+
+
+@functools.cache
+def family_of(event_type: str) -> str:
+    """``email`` of ``email.received``."""
+    return event_type.partition(".")[0]
 
 
 #: The first part of every interaction event type.

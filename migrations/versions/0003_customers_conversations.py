@@ -73,11 +73,17 @@ CREATE INDEX conversation_waits_open ON conversation_waits (conversation_id)
 -- looks rows up by owner, and every index costs each insert.
 CREATE INDEX timeline_conversation ON timeline (conversation_id, position);
 DROP INDEX timeline_owner;
+-- Only rows that name no customer are ever re-attributed by their contact.
+DROP INDEX timeline_contact;
+CREATE INDEX timeline_contact ON timeline (contact_kind, contact_value)
+    WHERE NOT named_customer;
 """)
 
 
 def downgrade() -> None:
     op.execute("""
+DROP INDEX timeline_contact;
+CREATE INDEX timeline_contact ON timeline (contact_kind, contact_value);
 CREATE INDEX timeline_owner ON timeline (owner_id);
 DROP INDEX timeline_conversation;
 DROP TABLE conversation_waits;
