@@ -162,11 +162,13 @@ class _Batch:
             self.changed_waits[(wait.conversation_id, wait.started_position)] = wait
 
     def write(self, conn: psycopg.Connection[Any]) -> None:
-        if self.changed:
-            rows = [self.conversations[c].row() for c in sorted(self.changed)]
-            conn.execute(
-                """
-                INSERT INTO conversations AS c (conversation_id, case_id, status, channels,
+        """Upsert the changed conversations and waits, in one statement."""
+        conversations = [self.conversations[c].row() for c in sorted(self.changed)]
+        waits = [wait.row() for _, wait in sorted(self.changed_waits.items())]
+        conn.execute(
+            """
+            WITH conversations_written AS (
+                INSERT INTO conversations (conversation_id, case_id, status, channels,
                     interactions, opened_at, last_activity_at, resolved_at, position)
                 SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r(
                     conversation_id text, case_id text, status text, channels text[],
@@ -178,13 +180,7 @@ class _Batch:
                        opened_at = excluded.opened_at,
                        last_activity_at = excluded.last_activity_at,
                        resolved_at = excluded.resolved_at, position = excluded.position
-                """,
-                (orjson.dumps(rows).decode(),),
-            )
-        if self.changed_waits:
-            rows = [wait.row() for _, wait in sorted(self.changed_waits.items())]
-            conn.execute(
-                """
+            ), waits_written AS (
                 INSERT INTO conversation_waits (conversation_id, started_position, started_at,
                     channel, ended_position, ended_at, ended_by)
                 SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r(
@@ -193,9 +189,11 @@ class _Batch:
                 ON CONFLICT (conversation_id, started_position) DO UPDATE
                    SET ended_position = excluded.ended_position,
                        ended_at = excluded.ended_at, ended_by = excluded.ended_by
-                """,
-                (orjson.dumps(rows).decode(),),
             )
+            SELECT
+            """,
+            (orjson.dumps(conversations).decode(), orjson.dumps(waits).decode()),
+        )
 
 
 class ConversationsProjection:

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from interaction_store.projections.runner import Projection
+from interaction_store.projections.runner import Projection, batch_settings
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
 __all__ = ["RebuildError", "RebuildResult", "rebuild"]
@@ -250,7 +250,7 @@ class _Build:
         return True
 
     def _search_shadow_first(self) -> None:
-        self.conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")  # see the runner
+        batch_settings(self.conn)
         self.conn.execute(
             sql.SQL("SET LOCAL search_path = {}, {}").format(
                 sql.Identifier(self.shadow), sql.Identifier(self.live)

@@ -30,7 +30,14 @@ import psycopg
 
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
-__all__ = ["DeadLetter", "DeadLetterError", "Lag", "Projection", "ProjectionRunner"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterError",
+    "Lag",
+    "Projection",
+    "ProjectionRunner",
+    "batch_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,21 @@ class DeadLetterError(ValueError):
     """A dead letter that does not exist or was already handled."""
 
 
+def batch_settings(conn: psycopg.Connection[Any]) -> None:
+    """Settings for a transaction that applies a batch to views.
+
+    - Views grow from empty: a plan cached while a table was tiny (a sequential scan)
+      would be kept as it grows, so each batch is planned for the data it meets.
+    - The commit does not wait for its WAL flush. Views are derived and the checkpoint
+      commits with them, so a crash can only lose whole batches, which are applied again:
+      never half, never twice. The log itself always commits synchronously.
+    """
+    conn.execute(
+        "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
+        " set_config('synchronous_commit', 'off', true)"
+    )
+
+
 class _Lost(Exception):
     """Another runner advanced the checkpoint first."""
 
@@ -101,6 +123,8 @@ class ProjectionRunner:
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self._stop = threading.Event()
+        # The checkpoints as this runner last set them; None: read them from the table.
+        self._known: dict[str, Checkpoint] | None = None
         for projection in self.projections:
             self._register(projection.name)
 
@@ -114,23 +138,26 @@ class ProjectionRunner:
         found and parked).
         """
         at: dict[Checkpoint, list[Projection]] = {}
-        checkpoints = self.checkpoints()
+        checkpoints = self._known or self.checkpoints()
+        self._known = None  # until this round has gone as expected
         for projection in self.projections:
             at.setdefault(checkpoints[projection.name], []).append(projection)
-        applied = 0
+        applied, known = 0, dict(checkpoints)
         for checkpoint, projections in at.items():
             events = self.store.read_all(after=checkpoint, limit=self.batch_size)
             if not events:
                 continue
-            if len(projections) > 1:
-                try:
-                    self._apply(projections, checkpoint, events)
-                    applied += len(events) * len(projections)
-                    continue
-                except Exception:  # _Lost included: each is retried alone just below
-                    pass
+            try:
+                self._apply(projections, checkpoint, events)
+                applied += len(events) * len(projections)
+                known.update((p.name, events[-1].checkpoint) for p in projections)
+                continue
+            except Exception:  # _Lost included: each is applied alone, and read afresh
+                known = {}
             for projection in projections:
                 applied += self._step(projection, checkpoint, events)
+        if len(known) == len(checkpoints):
+            self._known = known
         return applied
 
     def catch_up(self) -> int:
@@ -285,7 +312,7 @@ class ProjectionRunner:
                     "SELECT FROM projection_checkpoints WHERE projection = %s FOR UPDATE",
                     (letter.projection,),
                 )
-                conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                batch_settings(conn)
                 event = self.store.read_event(letter.position)
                 if event is None:
                     raise LookupError(f"no event at position {letter.position}")
@@ -363,34 +390,37 @@ class ProjectionRunner:
         """Claim the batch for each projection and apply it, all in one transaction."""
         last = events[-1].checkpoint
         with self.store.pool.connection() as conn, conn.transaction():
-            for projection in projections:
-                self._claim(conn, projection.name, checkpoint, last, len(events))
-            # Views grow from empty: a plan cached while a table was tiny (a sequential
-            # scan) would be kept as it grows, so each batch is planned for the data it meets.
-            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            self._claim(conn, [p.name for p in projections], checkpoint, last, len(events))
+            batch_settings(conn)
             for projection in projections:
                 projection.apply(conn, events)
 
     def _claim(
         self,
         conn: psycopg.Connection[Any],
-        name: str,
+        names: list[str],
         checkpoint: Checkpoint,
         last: Checkpoint,
         count: int,
     ) -> None:
-        """Compare-and-set the checkpoint from ``checkpoint`` to ``last``, or raise _Lost."""
+        """Compare-and-set the checkpoints from ``checkpoint`` to ``last``, or raise _Lost.
+
+        The rows are locked in name order, the same in every runner, so two runners
+        never wait for each other in a circle.
+        """
         claimed = conn.execute(
             """
             UPDATE projection_checkpoints
                SET transaction_id = %(txid)s::text::xid8, position = %(position)s,
                    applied = applied + %(count)s, updated_at = now()
-             WHERE projection = %(name)s
+             WHERE projection IN (SELECT projection FROM projection_checkpoints
+                                   WHERE projection = ANY (%(names)s)
+                                   ORDER BY projection FOR UPDATE)
                AND transaction_id = %(seen_txid)s::text::xid8
                AND position = %(seen_position)s
             """,
             {
-                "name": name,
+                "names": names,
                 "txid": str(last.transaction_id),
                 "position": last.position,
                 "count": count,
@@ -398,7 +428,7 @@ class ProjectionRunner:
                 "seen_position": checkpoint.position,
             },
         ).rowcount
-        if claimed != 1:
+        if claimed != len(names):
             raise _Lost()
 
     def _apply_one_by_one(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from interaction_store.projections import ProjectionRunner, TimelineProjection
+from interaction_store.projections import ProjectionRunner, TimelineProjection, all_projections
 from interaction_store.projections.timeline import provisional_customer_id
 from interaction_store.store import RecordedEvent, Store
-from interaction_store.views import lookup_customer, timeline
+from interaction_store.views import conversations, customer, lookup_customer, timeline
 from tests.helpers import T0, email, sms
 
 
@@ -30,6 +31,14 @@ def snapshot(store: Store) -> list[tuple[Any, ...]]:
         return conn.execute(
             "SELECT position, owner_id, customer_id FROM timeline ORDER BY position"
         ).fetchall()
+
+
+def read_views(store: Store, customers: list[str]) -> list[Any]:
+    """What agents read: each customer's summary and every conversation, as of T0 + 1 day."""
+    now = T0 + timedelta(days=1)
+    with store.pool.connection() as conn:
+        ids = [r[0] for r in conn.execute("SELECT conversation_id FROM conversations ORDER BY 1")]
+        return [customer(conn, c, now=now) for c in customers] + conversations(conn, ids, now=now)
 
 
 @pytest.fixture
@@ -100,16 +109,18 @@ def test_linking_a_contact_moves_its_whole_past(store: Store, runner: Projection
         assert len(timeline(conn, provisional)) == 3
 
 
-def test_merge_then_unmerge_is_as_if_never_merged(store: Store, runner: ProjectionRunner) -> None:
+def test_merge_then_unmerge_is_as_if_never_merged(store: Store) -> None:
+    runner = ProjectionRunner(store, all_projections(), batch_size=50)
     store.append_batch(
         [
             sms(1, conversation_id="c-a", customer_id="cu-a"),
-            sms(2, conversation_id="c-b", customer_id="cu-b"),
+            email(2, conversation_id="c-b", customer_id="cu-b"),  # a follow-up once merged
             email(3, conversation_id="c-e"),
         ]
     )
     runner.catch_up()
     never_merged = snapshot(store)
+    never_merged_views = read_views(store, ["cu-a", "cu-b"])
 
     merged = customer_event("merged", "cu-b", 1, source_customer_id="cu-a")
     store.append_batch([merged])
@@ -117,27 +128,34 @@ def test_merge_then_unmerge_is_as_if_never_merged(store: Store, runner: Projecti
     with store.pool.connection() as conn:
         assert len(timeline(conn, "cu-b")) == 2
         assert len(timeline(conn, "cu-a")) == 2  # the old id is an alias
+        merged_b = customer(conn, "cu-b")
+        follow_ups = conversations(conn, ["c-a"])[0].follow_ups
+    assert merged_b.aliases == ["cu-a"]
+    assert [f.conversation_id for f in follow_ups] == ["c-b"]
     store.append_batch([customer_event("unmerged", "cu-b", 2, source_customer_id="cu-a")])
     runner.catch_up()
     assert snapshot(store) == never_merged
+    assert read_views(store, ["cu-a", "cu-b"]) == never_merged_views
 
 
 def test_two_runners_on_one_projection_apply_every_event_once(store: Store) -> None:
     store.append_batch([sms(i, conversation_id=f"c-{i % 5}") for i in range(400)])
-    runners = [ProjectionRunner(store, [TimelineProjection()], batch_size=20) for _ in range(2)]
+    runners = [ProjectionRunner(store, all_projections(), batch_size=20) for _ in range(2)]
     threads = [threading.Thread(target=r.catch_up) for r in runners]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     with store.pool.connection() as conn:
-        row = conn.execute(
-            "SELECT applied FROM projection_checkpoints WHERE projection = 'timeline'"
-        ).fetchone()
+        applied = conn.execute(
+            "SELECT projection, applied FROM projection_checkpoints ORDER BY 1"
+        ).fetchall()
         rows = conn.execute("SELECT count(*), count(DISTINCT position) FROM timeline").fetchone()
-    assert row == (400,)
+        tallied = conn.execute("SELECT sum(interactions) FROM conversations").fetchone()
+    assert applied == [("conversations", 400), ("customers", 400), ("timeline", 400)]
     assert rows == (400, 400)
-    assert runners[0].lag()[0].events == 0
+    assert tallied == (400,)  # an event applied twice would be counted twice
+    assert all(lag.events == 0 for lag in runners[0].lag())
 
 
 class Fussy:
