@@ -207,17 +207,13 @@ class ProjectionRunner:
     # State --------------------------------------------------------------------------
 
     def checkpoint(self, name: str) -> Checkpoint:
-        with self.store.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT transaction_id::text, position FROM projection_checkpoints"
-                " WHERE projection = %s",
-                (name,),
-            ).fetchone()
-        return Checkpoint(int(row[0]), row[1]) if row else Checkpoint.START
+        return self._read_checkpoints([name])[name]
 
     def checkpoints(self) -> dict[str, Checkpoint]:
         """Every projection's checkpoint, read together."""
-        names = [p.name for p in self.projections]
+        return self._read_checkpoints([p.name for p in self.projections])
+
+    def _read_checkpoints(self, names: list[str]) -> dict[str, Checkpoint]:
         with self.store.pool.connection() as conn:
             rows = conn.execute(
                 "SELECT projection, transaction_id::text, position FROM projection_checkpoints"
