@@ -23,6 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from interaction_store import db, views
 from interaction_store.demo import generate, story
@@ -539,29 +540,32 @@ def timeline_command(obj: Context, who: str, limit: int, channel: str | None) ->
     states = {c.conversation_id: c for c in found}
     followed = {f.position for c in found for f in c.follow_ups}
     console = Console()
-    wide = console.width >= 120  # room for the conversation ids
+    wide = console.width >= 120  # room for a column of conversation ids
     table = Table(
-        title=f"{customer}: {len(items)} interactions, newest first",
+        title=Text(f"{customer}: {len(items)} interactions, newest first"),
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     table.add_column("when", no_wrap=True, min_width=14)
     table.add_column("channel", no_wrap=True, min_width=9)
     table.add_column("who", max_width=14, overflow="ellipsis", no_wrap=True)
-    table.add_column("subject / snippet", ratio=1, min_width=20)
+    table.add_column("subject / snippet" if wide else "subject / snippet, conversation", ratio=1)
     if wide:
         table.add_column("conversation", max_width=24, overflow="fold")
     table.add_column("SLA", min_width=9)
     for item in items:
-        row = [
+        # Customer text goes in as Text: "[urgent]" in a subject is text, not markup.
+        preview = Text(snippet(" · ".join(p for p in (item.subject, item.snippet) if p), 80))
+        if not wide:
+            preview.append(f"\n{item.conversation_id}", style="dim")
+        table.add_row(
             f"{item.occurred_at:%y-%m-%d %H:%M}",
             f"{item.channel} {'in' if item.direction == 'inbound' else 'out'}",
-            item.agent_id or item.contact.partition(":")[2],
-            snippet(" · ".join(part for part in (item.subject, item.snippet) if part), 80),
-            *([item.conversation_id] if wide else []),
+            Text(item.agent_id or item.contact.partition(":")[2]),
+            preview,
+            *([Text(item.conversation_id)] if wide else []),
             "\n".join(_sla_state(states.get(item.conversation_id), item.position in followed)),
-        ]
-        table.add_row(*row)
+        )
     console.print(table)
 
 
@@ -625,7 +629,7 @@ def customer_command(obj: Context, who: str) -> None:
         name = f"(erased {profile.erased_at:%Y-%m-%d})"
     else:
         name = profile.name or "(no name)"
-    console.print(f"[bold]{name}[/bold]  {summary.customer_id}")
+    console.print(Text.assemble((name, "bold"), f"  {summary.customer_id}"))
     facts = []
     if profile is not None:
         if profile.tier:
@@ -636,12 +640,11 @@ def customer_command(obj: Context, who: str) -> None:
             facts.append(f"churn risk {profile.churn_risk:.0%}")
     facts.append(f"priority {summary.priority:,.0f}")
     facts.append(f"preferred agent {summary.preferred_agent or '-'}")
-    console.print("  ".join(facts))
+    console.print(Text("  ".join(facts)))
     if summary.aliases:
-        console.print(f"merged from: {', '.join(summary.aliases)}")
-    console.print(
-        "identities: " + (", ".join(f"{i} ({i.confidence})" for i in summary.identities) or "-")
-    )
+        console.print(Text(f"merged from: {', '.join(summary.aliases)}"))
+    identities = ", ".join(f"{i} ({i.confidence})" for i in summary.identities)
+    console.print(Text(f"identities: {identities or '-'}"))
     channels = Table(title=f"{summary.interactions} interactions")
     for column in ("channel", "interactions", "in", "out", "last contact"):
         channels.add_column(column, no_wrap=True)
@@ -659,7 +662,7 @@ def customer_command(obj: Context, who: str) -> None:
         open_table.add_column(column, overflow="fold")
     for conv in summary.open_conversations:
         open_table.add_row(
-            conv.conversation_id,
+            Text(conv.conversation_id),
             ", ".join(conv.channels),
             f"{conv.awaiting_since:%Y-%m-%d %H:%M}" if conv.awaiting_since else "-",
             ", ".join(_sla_state(conv, False)) or "ok",

@@ -189,3 +189,18 @@ def test_deadletters_list_and_skip_a_parked_event(run) -> None:  # type: ignore[
     again = run("deadletters", "retry", "1")
     assert again.exit_code == 1
     assert "already skipped" in again.output
+
+
+def test_customer_text_that_looks_like_markup_is_shown_as_text(run) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers import email
+
+    odd = email(1, subject="[urgent] refund [/b] now", customer_id="cu-[x]")
+    assert run("append", "-", input=ndjson([odd])).exit_code == 0
+    shown = run("timeline", "cu-[x]")
+    assert shown.exit_code == 0, shown.output
+    assert "[urgent]" in shown.output
+    assert "[/b]" in shown.output
+    summary = run("customer", "cu-[x]")
+    assert summary.exit_code == 0, summary.output
+    assert "email:alice@example.com" not in summary.output  # named, so no identity row
+    assert "cu-[x]" in summary.output
