@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from interaction_store import db, views
+from interaction_store import db, keys, views
 from interaction_store.demo import generate, story
 from interaction_store.embedded import EmbeddedPostgres
 from interaction_store.events import parse_events
@@ -726,6 +726,84 @@ def generate_command(
         count, seed=seed, customer_count=customer_count, with_customers=with_customers
     ):
         out.write(orjson.dumps(event) + b"\n")
+
+
+# serve and keys -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--no-projector", is_flag=True, help="Serve only; run `project` elsewhere.")
+@click.pass_obj
+def serve(obj: Context, host: str, port: int, no_projector: bool) -> None:
+    """Run the HTTP API (and the projections beside it) until Ctrl-C.
+
+    The OpenAPI reference is at /docs. Reads need an API key with the timeline:read
+    scope, appends one with events:append (see `interaction-store keys create`).
+    """
+    import uvicorn
+
+    from interaction_store.api import create_app
+
+    with obj.store(migrate=True) as store:
+        app = create_app(obj.settings, pool=store.pool, projector=not no_projector)
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+@cli.group(name="keys")
+def keys_group() -> None:
+    """API keys: create (shown once), list, revoke."""
+
+
+@keys_group.command(name="create")
+@click.option("--name", required=True, help="Who or what uses the key.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(list(keys.SCOPES)),
+    help="What the key may do (repeatable).",
+)
+@click.pass_obj
+def keys_create(obj: Context, name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key and print it. It is stored only as a hash: copy it now.
+
+    \b
+      interaction-store keys create --name crm-widget --scope timeline:read
+    """
+    with obj.store(migrate=True) as store:
+        key, record = keys.create_key(store.pool, name, list(scopes))
+    click.echo(key)
+    err.print(f"key {record.key_id} ({record.name}): {', '.join(record.scopes)}; shown only once")
+
+
+@keys_group.command(name="list")
+@click.pass_obj
+def keys_list(obj: Context) -> None:
+    """The keys, without their secrets."""
+    with obj.store() as store:
+        records = keys.list_keys(store.pool)
+    if not records:
+        click.echo("no API keys yet: interaction-store keys create --name NAME --scope SCOPE")
+    for record in records:
+        state = f"revoked {record.revoked_at:%Y-%m-%d}" if record.revoked_at else "active"
+        click.echo(
+            f"{keys.PREFIX}{record.key_id}_…  {record.name:<24} {state:<18}"
+            f" {', '.join(record.scopes)}  created {record.created_at:%Y-%m-%d}"
+        )
+
+
+@keys_group.command(name="revoke")
+@click.argument("key_id")
+@click.pass_obj
+def keys_revoke(obj: Context, key_id: str) -> None:
+    """Revoke a key by its id (as `keys list` shows it; the whole key works too)."""
+    with obj.store() as store:
+        if not keys.revoke_key(store.pool, key_id):
+            raise click.ClickException(f"there is no key {key_id}")
+    click.echo(f"revoked {key_id}")
 
 
 # db -----------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=MIB, ge=1024, description="Largest accepted event (its data as JSON)."
     )
     max_batch_events: int = Field(default=1000, ge=1, description="Most events in one append.")
+    max_request_bytes: int = Field(
+        default=16 * MIB, ge=1024, description="Largest HTTP request body accepted."
+    )
     default_phone_region: str = Field(
         default="US",
         description="ISO 3166 region for phone numbers written without a country code.",

@@ -179,6 +179,10 @@ class ProjectionRunner:
     def stop(self) -> None:
         self._stop.set()
 
+    def stopped(self, wait: float = 0.0) -> bool:
+        """Whether ``stop()`` was called, waiting up to ``wait`` seconds for it."""
+        return self._stop.wait(wait)
+
     def step(self, projection: Projection) -> int:
         """Apply the next batch of one projection; 0 when there is nothing to do."""
         checkpoint = self.checkpoint(projection.name)

@@ -1,0 +1,146 @@
+"""RFC 9457 problem details: every error the API answers, in one shape.
+
+``{"type", "title", "status", "detail", ...}`` with ``application/problem+json``. Nothing
+internal (tracebacks, SQL, keys) ever goes into one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from interaction_store.exceptions import (
+    ConcurrencyError,
+    EventValidationError,
+    IdempotencyConflict,
+)
+
+__all__ = ["JSON", "Problem", "install_problem_handlers", "problem_response"]
+
+log = logging.getLogger(__name__)
+
+_TYPES = "https://interaction-store.dev/problems/"
+
+
+class JSON(Response):
+    """A JSON response rendered by orjson (datetimes, UUIDs and dataclasses natively)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+class Problem(Exception):
+    """Raise to answer with a problem: ``status``, a short ``title``, a ``detail`` for
+    this occurrence, and any extra members."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind or title.lower().replace(" ", "-")
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(problem: Problem) -> JSON:
+    body: dict[str, Any] = {
+        "type": _TYPES + problem.kind,
+        "title": problem.title,
+        "status": problem.status,
+    }
+    if problem.detail:
+        body["detail"] = problem.detail
+    body.update(problem.extra)
+    return JSON(
+        body,
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type="application/problem+json",
+    )
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "(request)"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSON:
+        return problem_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSON:
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem_response(Problem(exc.status_code, title, detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSON:
+        errors = [
+            {"field": _location(tuple(e.get("loc", ()))), "reason": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        return problem_response(
+            Problem(
+                422,
+                "Invalid request",
+                "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5]),
+                errors=errors,
+            )
+        )
+
+    @app.exception_handler(EventValidationError)
+    async def _invalid_events(request: Request, exc: EventValidationError) -> JSON:
+        return problem_response(
+            Problem(
+                422,
+                "Invalid events",
+                exc.message,
+                errors=[
+                    {"index": e.index, "field": e.location, "reason": e.reason} for e in exc.errors
+                ],
+            )
+        )
+
+    @app.exception_handler(ConcurrencyError)
+    async def _conflict(request: Request, exc: ConcurrencyError) -> JSON:
+        extra: dict[str, Any] = (
+            {"stream_id": exc.stream_id, "expected": exc.expected, "actual": exc.actual}
+            if exc.stream_id
+            else {}
+        )
+        return problem_response(
+            Problem(409, "Version conflict", exc.message, kind="version-conflict", **extra)
+        )
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idempotency(request: Request, exc: IdempotencyConflict) -> JSON:
+        return problem_response(
+            Problem(409, "Event id reused", exc.message, event_id=str(exc.event_id))
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSON:
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return problem_response(
+            Problem(500, "Internal error", "the server failed; the error is logged")
+        )

@@ -1,0 +1,467 @@
+"""The v1 endpoints: reads for agent tools, appends for connectors, health for operators."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from interaction_store import views
+from interaction_store.api.app import Service, require, service
+from interaction_store.api.problems import Problem
+from interaction_store.keys import ApiKey
+from interaction_store.store import ANY, NO_STREAM, AppendResult, Checkpoint, RecordedEvent
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+Svc = Annotated[Service, Depends(service)]
+Reader = Annotated[ApiKey, Depends(require("timeline:read"))]
+Auditor = Annotated[ApiKey, Depends(require("audit:read"))]
+Appender = Annotated[ApiKey, Depends(require("events:append"))]
+
+#: How long ``min_position`` may hold a read while the views catch up.
+READ_YOUR_WRITES_WAIT = 2.0
+
+
+def _read_your_writes(
+    request: Request,
+    min_position: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="Answer only once the views include this position (an append's"
+            " answer); 503 with Retry-After if they do not within 2 s.",
+        ),
+    ] = None,
+) -> None:
+    if min_position is not None:
+        _wait_for_views(request.app.state.service, min_position)
+
+
+Fresh = Depends(_read_your_writes)
+
+
+# Health -------------------------------------------------------------------------------
+
+
+@router.get("/healthz", tags=["operations"])
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"])
+def readyz(svc: Svc) -> Response:
+    """The database answers and the projector keeps up."""
+    try:
+        with svc.connection() as conn:
+            conn.execute("SELECT 1")
+    except Exception:
+        raise Problem(503, "Not ready", "the database does not answer") from None
+    runner = svc.runner
+    if runner is None:
+        body: dict[str, Any] = {"status": "ready", "projector": "not run by this process"}
+        return Response(orjson.dumps(body), media_type="application/json")
+    lags = runner.lag()
+    stalled = {lag.projection for lag in runner.stalled(after=60.0)}
+    body = {
+        "status": "stalled" if stalled else "ready",
+        "projections": {
+            lag.projection: {
+                "position": lag.position,
+                "behind_events": lag.events,
+                "behind_seconds": round(lag.seconds, 3),
+            }
+            for lag in lags
+        },
+    }
+    return Response(
+        orjson.dumps(body), status_code=503 if stalled else 200, media_type="application/json"
+    )
+
+
+# Reads --------------------------------------------------------------------------------
+
+
+def _customer_or_404(svc: Service, customer_id: str) -> str:
+    with svc.connection() as conn:
+        found = views.find_customer(conn, customer_id)
+    if found is None:
+        raise Problem(404, "Not found", f"no customer {customer_id}")
+    return found
+
+
+@router.get("/v1/customers/lookup", tags=["customers"], dependencies=[Fresh])
+def lookup(
+    svc: Svc,
+    key: Reader,
+    identity: Annotated[str, Query(description="kind:value, e.g. email:alice@example.com")],
+) -> dict[str, str]:
+    """The customer of an identity (normalised like appends; merges followed)."""
+    try:
+        with svc.connection() as conn:
+            customer_id = views.lookup_customer(
+                conn, identity, phone_region=svc.settings.default_phone_region
+            )
+    except ValueError as exc:
+        raise Problem(
+            422, "Invalid request", str(exc), errors=[{"field": "identity", "reason": str(exc)}]
+        ) from None
+    if customer_id is None:
+        raise Problem(404, "Not found", f"no customer has the identity {identity}")
+    return {"identity": identity, "customer_id": customer_id}
+
+
+def _conversation_json(c: views.ConversationSummary) -> dict[str, Any]:
+    return {
+        "conversation_id": c.conversation_id,
+        "case": c.case,
+        "customer_id": c.customer_id,
+        "status": c.status,
+        "channels": c.channels,
+        "interactions": c.interactions,
+        "opened_at": c.opened_at,
+        "last_activity_at": c.last_activity_at,
+        "resolved_at": c.resolved_at,
+        "awaiting_since": c.awaiting_since,
+        "response_due_at": c.response_due_at,
+        "first_response_due_at": c.first_response_due_at,
+        "first_response_at": c.first_response_at,
+        "breached": c.breached,
+        "follow_ups": [
+            {"position": f.position, "channel": f.channel, "conversation_id": f.conversation_id}
+            for f in c.follow_ups
+        ],
+        "follows_up": [f.waiting_conversation_id for f in c.follows_up],
+    }
+
+
+@router.get("/v1/customers/{customer_id}", tags=["customers"], dependencies=[Fresh])
+def customer_summary(svc: Svc, key: Reader, customer_id: str) -> dict[str, Any]:
+    """The omniscient summary: profile, identities, channels, open conversations,
+    preferred agent and priority. A merged customer's id answers for its target."""
+    found = _customer_or_404(svc, customer_id)
+    with svc.connection() as conn:
+        s = views.customer(conn, found, service_levels=svc.service_levels)
+    return {
+        "customer_id": s.customer_id,
+        "aliases": s.aliases,
+        "profile": None
+        if s.profile is None
+        else {
+            "name": s.profile.name,
+            "tier": s.profile.tier,
+            "account_value": s.profile.account_value,
+            "churn_risk": s.profile.churn_risk,
+            "registered_at": s.profile.registered_at,
+            "erased_at": s.profile.erased_at,
+        },
+        "identities": [
+            {
+                "kind": i.kind,
+                "value": i.value,
+                "confidence": i.confidence,
+                "reason": i.reason,
+                "source": i.source,
+            }
+            for i in s.identities
+        ],
+        "channels": {
+            c.channel: {
+                "count": c.interactions,
+                "inbound": c.inbound,
+                "outbound": c.outbound,
+                "last_contact_at": c.last_contact_at,
+            }
+            for c in s.channels
+        },
+        "interactions": s.interactions,
+        "last_contact_at": s.last_contact_at,
+        "open_conversations": [_conversation_json(c) for c in s.open_conversations],
+        "preferred_agent": s.preferred_agent,
+        "priority": s.priority,
+    }
+
+
+@router.get("/v1/customers/{customer_id}/context", tags=["customers"], dependencies=[Fresh])
+def customer_context(svc: Svc, key: Reader, customer_id: str) -> dict[str, Any]:
+    """The small routing context for a call that is ringing now."""
+    found = _customer_or_404(svc, customer_id)
+    with svc.connection() as conn:
+        s = views.customer(conn, found, service_levels=svc.service_levels)
+    return {
+        "customer_id": s.customer_id,
+        "priority": s.priority,
+        "account_value": s.profile.account_value if s.profile else None,
+        "churn_risk": s.profile.churn_risk if s.profile else None,
+        "open_conversations": [
+            {
+                "conversation_id": c.conversation_id,
+                "channels": c.channels,
+                "awaiting_since": c.awaiting_since,
+                "response_due_at": c.response_due_at,
+                "breached": c.breached,
+            }
+            for c in s.open_conversations
+        ],
+        "preferred_agent": s.preferred_agent,
+        "last_contact": s.last_contact_at,
+    }
+
+
+def _cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"p{position}".encode()).decode().rstrip("=")
+
+
+def _position_of(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("p"):
+            raise ValueError(text)
+        return int(text[1:])
+    except ValueError:
+        raise Problem(
+            422,
+            "Invalid request",
+            "cursor: not a cursor this API gave out",
+            errors=[{"field": "cursor", "reason": "not a cursor this API gave out"}],
+        ) from None
+
+
+def _wait_for_views(svc: Service, position: int) -> None:
+    """Read-your-writes: wait (bounded) until the timeline has applied ``position``."""
+    deadline = time.monotonic() + READ_YOUR_WRITES_WAIT
+    while True:
+        with svc.connection() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT FROM events WHERE position = %s)"
+                " AND (SELECT (transaction_id, position) FROM projection_checkpoints"
+                "      WHERE projection = 'timeline')"
+                "   >= (SELECT (transaction_id, position) FROM events WHERE position = %s)",
+                (position, position),
+            ).fetchone()
+        if row and row[0]:
+            return
+        if time.monotonic() >= deadline:
+            raise Problem(
+                503,
+                "Not yet",
+                f"the views have not reached position {position} yet; retry shortly",
+                kind="views-behind",
+                headers={"Retry-After": "1"},
+            )
+        time.sleep(0.02)
+
+
+@router.get("/v1/customers/{customer_id}/timeline", tags=["customers"], dependencies=[Fresh])
+def customer_timeline(
+    svc: Svc,
+    key: Reader,
+    customer_id: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    channel: Annotated[str | None, Query(pattern="^(email|voice|chat|sms|twitter)$")] = None,
+    type: Annotated[str | None, Query(max_length=100)] = None,
+    conversation_id: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """The customer's interactions on every channel, newest first."""
+    found = _customer_or_404(svc, customer_id)
+    before = _position_of(cursor) if cursor else None
+    with svc.connection() as conn:
+        items = views.timeline(
+            conn,
+            found,
+            limit=limit,
+            before=before,
+            channel=channel,
+            type=type,
+            conversation_id=conversation_id,
+            since=since,
+            until=until,
+        )
+    return {
+        "customer_id": found,
+        "items": [
+            {
+                "position": i.position,
+                "event_id": i.event_id,
+                "occurred_at": i.occurred_at,
+                "channel": i.channel,
+                "direction": i.direction,
+                "type": i.type,
+                "conversation_id": i.conversation_id,
+                "contact": i.contact,
+                "agent_id": i.agent_id,
+                "subject": i.subject,
+                "snippet": i.snippet,
+            }
+            for i in items
+        ],
+        "next_cursor": _cursor(items[-1].position) if len(items) == limit else None,
+    }
+
+
+@router.get("/v1/conversations/{conversation_id}", tags=["conversations"], dependencies=[Fresh])
+def conversation(svc: Svc, key: Reader, conversation_id: str) -> dict[str, Any]:
+    """A conversation with its service-level state and follow-ups."""
+    with svc.connection() as conn:
+        found = views.conversation(conn, conversation_id, service_levels=svc.service_levels)
+    if found is None:
+        raise Problem(404, "Not found", f"no conversation {conversation_id}")
+    return _conversation_json(found)
+
+
+def _event_json(e: RecordedEvent) -> dict[str, Any]:
+    return {
+        "id": e.event_id,
+        "type": e.type,
+        "schema_version": e.schema_version,
+        "occurred_at": e.occurred_at,
+        "recorded_at": e.recorded_at,
+        "position": e.position,
+        "checkpoint": str(e.checkpoint),
+        "stream_id": e.stream_id,
+        "stream_version": e.stream_version,
+        "data": e.data,
+        "metadata": e.metadata,
+        "hash": e.hash.hex(),
+    }
+
+
+@router.get("/v1/streams/{stream_id}", tags=["log"])
+def read_stream(
+    svc: Svc,
+    key: Auditor,
+    stream_id: str,
+    from_version: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """A stream's events in order, from ``from_version``."""
+    events = svc.store.read_stream(stream_id, from_version=from_version, limit=limit)
+    if not events and from_version == 0:
+        raise Problem(404, "Not found", f"no stream {stream_id}")
+    return {"stream_id": stream_id, "events": [_event_json(e) for e in events]}
+
+
+@router.get("/v1/log", tags=["log"])
+def read_log(
+    svc: Svc,
+    key: Auditor,
+    after: Annotated[str | None, Query(description="a checkpoint: transaction_id:position")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    types: Annotated[list[str] | None, Query()] = None,
+) -> dict[str, Any]:
+    """The whole log in commit-safe order; continue from ``next`` (gap-safe)."""
+    try:
+        checkpoint = Checkpoint.parse(after) if after else Checkpoint.START
+    except ValueError as exc:
+        raise Problem(
+            422, "Invalid request", str(exc), errors=[{"field": "after", "reason": str(exc)}]
+        ) from None
+    events = svc.store.read_all(after=checkpoint, limit=limit, types=types)
+    return {
+        "events": [_event_json(e) for e in events],
+        "next": str(events[-1].checkpoint) if events else str(checkpoint),
+    }
+
+
+# Appends ------------------------------------------------------------------------------
+
+
+async def _json_body(request: Request, svc: Service) -> Any:
+    """The body parsed, after its size is checked (413 before anything is read whole)."""
+    limit = svc.settings.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "Payload too large", f"the body exceeds {limit:,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, "Payload too large", f"the body exceeds {limit:,} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(422, "Invalid request", f"the body is not JSON: {exc}") from None
+
+
+def _events_of(payload: Any, svc: Service) -> list[Any]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
+        raise Problem(
+            422,
+            "Invalid request",
+            'the body must be {"events": [...]}',
+            errors=[{"field": "events", "reason": "required: a list of events"}],
+        )
+    events: list[Any] = payload["events"]
+    limit = svc.settings.max_batch_events
+    if not events:
+        raise Problem(422, "Invalid request", "events: the list is empty")
+    if len(events) > limit:
+        raise Problem(
+            422,
+            "Invalid request",
+            f"events: {len(events)} events; the limit is {limit}",
+            errors=[{"field": "events", "reason": f"at most {limit} events per request"}],
+        )
+    return events
+
+
+def _append_answer(result: AppendResult) -> Response:
+    body = {
+        "events": [
+            {
+                "id": e.event_id,
+                "position": e.position,
+                "stream_id": e.stream_id,
+                "stream_version": e.stream_version,
+            }
+            for e in result.events
+        ],
+        "position": result.position,
+    }
+    status = 201 if result.appended else 200  # a retried request changes nothing
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.post("/v1/events", tags=["appends"], status_code=201)
+async def append_events(request: Request, svc: Svc, key: Appender) -> Response:
+    """Append a batch (``{"events": [...]}``), atomically. Each event's stream is derived
+    from its data. 201 with the positions; 200 when every event was stored already."""
+    events = _events_of(await _json_body(request, svc), svc)
+    result = await run_in_threadpool(svc.store.append_batch, events)
+    return _append_answer(result)
+
+
+@router.post("/v1/streams/{stream_id}/events", tags=["appends"], status_code=201)
+async def append_to_stream(request: Request, svc: Svc, key: Appender, stream_id: str) -> Response:
+    """Append to a named stream. ``expected_version``: ``any`` (default), ``no_stream`` or
+    the stream's exact current version; a mismatch answers 409."""
+    payload = await _json_body(request, svc)
+    events = _events_of(payload, svc)
+    raw = payload.get("expected_version", "any")
+    expected: Any
+    if raw == "any":
+        expected = ANY
+    elif raw == "no_stream":
+        expected = NO_STREAM
+    elif isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        expected = raw
+    else:
+        raise Problem(
+            422,
+            "Invalid request",
+            "expected_version: any, no_stream or a version (0 or more)",
+            errors=[{"field": "expected_version", "reason": "any, no_stream or an integer ≥ 0"}],
+        )
+    result = await run_in_threadpool(svc.store.append, stream_id, events, expected)
+    return _append_answer(result)

@@ -1,0 +1,206 @@
+"""The HTTP API against the real app on real PostgreSQL, with the projector running."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from psycopg_pool import ConnectionPool
+
+from interaction_store.api import create_app
+from interaction_store.demo import story
+from interaction_store.keys import create_key, revoke_key
+from interaction_store.settings import Settings
+from tests.helpers import email, sms
+
+
+@dataclass
+class Api:
+    client: TestClient
+    reader: dict[str, str]
+    appender: dict[str, str]
+    auditor: dict[str, str]
+    pool: ConnectionPool[Any]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def api(pool: ConnectionPool[Any], database_url: str) -> Iterator[Api]:
+    settings = Settings(database_url=database_url, max_batch_events=50, max_request_bytes=65536)
+    keys = {
+        scope: bearer(create_key(pool, f"test {scope}", [scope])[0])
+        for scope in ("timeline:read", "events:append", "audit:read")
+    }
+    with TestClient(create_app(settings, pool=pool), raise_server_exceptions=False) as client:
+        yield Api(client, keys["timeline:read"], keys["events:append"], keys["audit:read"], pool)
+
+
+def append(api: Api, events: list[dict[str, Any]]) -> dict[str, Any]:
+    answer = api.client.post("/v1/events", json={"events": events}, headers=api.appender)
+    assert answer.status_code in (200, 201), answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def test_append_then_read_your_writes(api: Api) -> None:
+    body = append(api, story())
+    assert len(body["events"]) == 14
+    assert body["position"] == max(e["position"] for e in body["events"])
+    lookup = api.client.get(
+        "/v1/customers/lookup",
+        params={
+            "identity": "email:Margaret.Chen@northwind.example",
+            "min_position": body["position"],
+        },
+        headers=api.reader,
+    )
+    assert lookup.status_code == 200, lookup.text
+    assert lookup.json()["customer_id"] == "cu-northwind-mchen"
+
+    more = append(api, [email(1, customer_id="cu-northwind-mchen", subject="One more thing")])
+    timeline = api.client.get(
+        "/v1/customers/cu-northwind-mchen/timeline",
+        params={"min_position": more["position"], "limit": 2},
+        headers=api.reader,
+    )
+    assert timeline.status_code == 200, timeline.text
+    page = timeline.json()
+    assert page["items"][0]["subject"] == "One more thing"
+    assert page["items"][0]["position"] == more["position"]
+    rest = api.client.get(
+        "/v1/customers/cu-northwind-mchen/timeline",
+        params={"cursor": page["next_cursor"]},
+        headers=api.reader,
+    ).json()
+    assert [i["type"] for i in rest["items"]] == ["call.completed", "email.received"]
+    assert rest["next_cursor"] is None
+
+
+def test_summary_context_and_conversation(api: Api) -> None:
+    last = append(api, story())["position"]
+    api.client.get(  # wait for the views
+        "/v1/customers/cu-northwind-mchen/timeline",
+        params={"min_position": last},
+        headers=api.reader,
+    )
+    summary = api.client.get("/v1/customers/cu-northwind-mchen", headers=api.reader).json()
+    assert summary["profile"]["name"] == "Margaret Chen"
+    assert summary["channels"]["voice"]["count"] == 1
+    assert summary["preferred_agent"] == "ag-olivia"
+    context = api.client.get("/v1/customers/cu-northwind-mchen/context", headers=api.reader)
+    assert context.json()["priority"] == summary["priority"] > 0
+    mail = api.client.get("/v1/conversations/cv-northwind-invoice", headers=api.reader).json()
+    assert mail["breached"] is True
+    assert [f["channel"] for f in mail["follow_ups"]] == ["voice"]
+
+
+def test_errors_are_problem_details(api: Api) -> None:
+    client = api.client
+    missing = client.get("/v1/customers/cu-1")
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert client.get("/v1/customers/cu-1", headers=bearer("isk_nonsense")).status_code == 401
+    wrong_scope = client.get("/v1/customers/cu-1", headers=api.appender)
+    assert wrong_scope.status_code == 403
+    assert "timeline:read" in wrong_scope.json()["detail"]
+    assert client.get("/v1/customers/cu-nobody", headers=api.reader).status_code == 404
+    bad_identity = client.get(
+        "/v1/customers/lookup", params={"identity": "email:nope"}, headers=api.reader
+    )
+    assert bad_identity.status_code == 422
+    assert bad_identity.json()["errors"][0]["field"] == "identity"
+    bad_limit = client.get(
+        "/v1/customers/cu-1/timeline", params={"limit": 0}, headers=api.reader
+    ).json()
+    assert bad_limit["status"] == 422
+    assert bad_limit["errors"][0]["field"] == "limit"
+    invalid = client.post(
+        "/v1/events",
+        json={"events": [sms(1), {"type": "sms.received", "data": {}}]},
+        headers=api.appender,
+    )
+    assert invalid.status_code == 422
+    fields = {(e["index"], e["field"]) for e in invalid.json()["errors"]}
+    assert (1, "events[1].occurred_at") in fields
+    too_many = client.post(
+        "/v1/events", json={"events": [sms(i) for i in range(51)]}, headers=api.appender
+    )
+    assert too_many.status_code == 422
+    too_big = client.post(
+        "/v1/events", content=b'{"events": [' + b" " * 70000 + b"]}", headers=api.appender
+    )
+    assert too_big.status_code == 413
+    with api.pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    late = client.get(
+        "/v1/customers/cu-1/timeline", params={"min_position": 10**9}, headers=api.reader
+    )
+    assert late.status_code == 503
+    assert late.headers["retry-after"] == "1"
+    text = missing.text + wrong_scope.text + invalid.text + late.text
+    assert "Traceback" not in text
+    assert "SELECT" not in text
+
+
+def test_a_retried_append_answers_200_with_the_same_positions(api: Api) -> None:
+    event = sms(1, conversation_id="c-1")
+
+    def post() -> tuple[int, Any]:
+        answer = api.client.post("/v1/events", json={"events": [event]}, headers=api.appender)
+        return answer.status_code, answer.json()["events"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post(), range(20)))
+    assert sorted(code for code, _ in answers).count(201) == 1
+    assert {str(body) for _, body in answers} == {str(answers[0][1])}
+    with api.pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+
+
+def test_stream_appends_check_the_expected_version(api: Api) -> None:
+    url = "/v1/streams/conversation-c-9/events"
+    first = api.client.post(
+        url,
+        json={"events": [sms(1, conversation_id="c-9")], "expected_version": "no_stream"},
+        headers=api.appender,
+    )
+    assert first.status_code == 201, first.text
+    stale = api.client.post(
+        url,
+        json={"events": [sms(2, conversation_id="c-9")], "expected_version": 0},
+        headers=api.appender,
+    )
+    assert stale.status_code == 409
+    assert (stale.json()["expected"], stale.json()["actual"]) == (0, 1)
+    read = api.client.get("/v1/streams/conversation-c-9", headers=api.auditor)
+    assert [e["stream_version"] for e in read.json()["events"]] == [1]
+    assert api.client.get("/v1/streams/conversation-c-9", headers=api.reader).status_code == 403
+    log = api.client.get("/v1/log", params={"limit": 5}, headers=api.auditor).json()
+    assert len(log["events"]) == 1
+    assert (
+        api.client.get("/v1/log", params={"after": log["next"]}, headers=api.auditor).json()[
+            "events"
+        ]
+        == []
+    )
+
+
+def test_a_revoked_key_is_refused(api: Api) -> None:
+    key = api.reader["Authorization"].removeprefix("Bearer ")
+    assert revoke_key(api.pool, key)
+    assert api.client.get("/v1/customers/cu-1", headers=api.reader).status_code == 401
+
+
+def test_health_and_readiness(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert set(ready.json()["projections"]) == {"timeline", "customers", "conversations"}
