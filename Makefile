@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a machine with Python 3.11+:
-#   make run    create .venv, install, start the embedded PostgreSQL, migrate, load the demo, tail the log
+#   make run    create .venv, install, start the embedded PostgreSQL, migrate, load the demo, serve the API
 #   make test   the same bootstrap, then lint, types and the whole test suite
 # Set INTERACTION_STORE_DATABASE_URL to use a PostgreSQL server of your own instead.
 
@@ -12,7 +12,7 @@ CLI    := $(BIN)/interaction-store
 .PHONY: run test lint typecheck pytest schemas bench clean help
 
 help:
-	@echo "make run      start the store on the embedded PostgreSQL with the demo data"
+	@echo "make run      serve the API and projections on 127.0.0.1:8000, embedded PostgreSQL, demo data"
 	@echo "make test     lint, type-check and run the whole test suite"
 	@echo "make schemas  regenerate schemas/ from the event models"
 	@echo "make bench    run the benchmarks (bench/append.py, bench/projections.py)"
@@ -25,10 +25,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(CLI) migrate
-	$(CLI) demo --if-empty
-	@echo "Following the log (Ctrl-C stops; the embedded server stops with it)."
-	$(CLI) tail --follow
+	$(CLI) serve --demo
 
 test: lint typecheck pytest
 

@@ -735,8 +735,14 @@ def generate_command(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--no-projector", is_flag=True, help="Serve only; run `project` elsewhere.")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Load the demo story if the log is empty, and print a fresh demo key (earlier"
+    " demo keys are revoked) with curl examples.",
+)
 @click.pass_obj
-def serve(obj: Context, host: str, port: int, no_projector: bool) -> None:
+def serve(obj: Context, host: str, port: int, no_projector: bool, demo: bool) -> None:
     """Run the HTTP API (and the projections beside it) until Ctrl-C.
 
     The OpenAPI reference is at /docs. Reads need an API key with the timeline:read
@@ -747,8 +753,53 @@ def serve(obj: Context, host: str, port: int, no_projector: bool) -> None:
     from interaction_store.api import create_app
 
     with obj.store(migrate=True) as store:
+        if demo:
+            if store.head() == 0:
+                result = store.append_batch(story())
+                click.echo(f"demo story: appended {result.appended} events")
+            click.echo(_demo_key_and_examples(store, host, port))
         app = create_app(obj.settings, pool=store.pool, projector=not no_projector)
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+DEMO_KEY_NAME = "demo key (serve --demo)"
+
+
+def _demo_key_and_examples(store: Store, host: str, port: int) -> str:
+    for record in keys.list_keys(store.pool):
+        if record.name == DEMO_KEY_NAME and record.revoked_at is None:
+            keys.revoke_key(store.pool, record.key_id)
+    key, _ = keys.create_key(
+        store.pool, DEMO_KEY_NAME, ["timeline:read", "events:append", "audit:read"]
+    )
+    base = f"http://{host}:{port}"
+    auth = 'curl -s -H "Authorization: Bearer $KEY"'
+    margaret = "email:margaret.chen@northwind.example"
+    sms = orjson.dumps(
+        {
+            "events": [
+                {
+                    "type": "sms.received",
+                    "occurred_at": "2026-11-21T09:00:00Z",
+                    "data": {
+                        "contact": "phone:+14155550142",
+                        "external_id": "SM-demo-1",
+                        "text": "Is the corrected invoice on its way?",
+                    },
+                }
+            ]
+        }
+    ).decode()
+    return f"""
+demo API key (shown once; a new one each start): {key}
+
+  export KEY={key}
+  {auth} '{base}/v1/customers/lookup?identity={margaret}'
+  {auth} '{base}/v1/customers/cu-northwind-mchen/timeline?limit=5'
+  {auth} -H 'Content-Type: application/json' -d '{sms}' {base}/v1/events
+
+API reference: {base}/docs
+"""
 
 
 @cli.group(name="keys")

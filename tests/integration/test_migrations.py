@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0003_customers_conversations"
+HEAD = "0004_api_keys"
 
 
 def tables(url: str) -> set[str]:
