@@ -204,3 +204,36 @@ def test_health_and_readiness(api: Api) -> None:
     ready = api.client.get("/readyz")
     assert ready.status_code == 200
     assert set(ready.json()["projections"]) == {"timeline", "customers", "conversations"}
+
+
+def test_idempotency_keys_replay_the_first_answer_even_under_concurrency(api: Api) -> None:
+    customer_event = {  # no id: without the key, a retry would store it twice
+        "type": "customer.profile_updated",
+        "occurred_at": "2026-11-02T09:00:00+00:00",
+        "data": {"customer_id": "cu-1", "tier": "gold"},
+    }
+    headers = {**api.appender, "Idempotency-Key": "req-42"}
+
+    def post(body: dict[str, Any]) -> tuple[int, bytes]:
+        answer = api.client.post("/v1/events", json=body, headers=headers)
+        return answer.status_code, answer.content
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, [{"events": [customer_event]}] * 20))
+    assert {code for code, _ in answers} == {201}
+    assert len({body for _, body in answers}) == 1
+    with api.pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    other = api.client.post(
+        "/v1/events",
+        json={"events": [{**customer_event, "data": {"customer_id": "cu-2"}}]},
+        headers=headers,
+    )
+    assert other.status_code == 422
+    assert other.json()["title"] == "Idempotency key reused"
+    fresh = api.client.post(
+        "/v1/events",
+        json={"events": [customer_event]},
+        headers={**api.appender, "Idempotency-Key": "req-43"},
+    )
+    assert fresh.status_code == 201  # another key: another request, another event
