@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from interaction_store import views
@@ -292,24 +294,112 @@ def customer_timeline(
         )
     return {
         "customer_id": found,
-        "items": [
-            {
-                "position": i.position,
-                "event_id": i.event_id,
-                "occurred_at": i.occurred_at,
-                "channel": i.channel,
-                "direction": i.direction,
-                "type": i.type,
-                "conversation_id": i.conversation_id,
-                "contact": i.contact,
-                "agent_id": i.agent_id,
-                "subject": i.subject,
-                "snippet": i.snippet,
-            }
-            for i in items
-        ],
+        "items": [_item_json(i) for i in items],
         "next_cursor": _cursor(items[-1].position) if len(items) == limit else None,
     }
+
+
+#: How often a live timeline looks for new items, and how often it sends a keep-alive.
+LIVE_POLL_SECONDS = 0.2
+LIVE_KEEPALIVE_SECONDS = 15.0
+
+
+def _item_json(i: views.TimelineItem) -> dict[str, Any]:
+    return {
+        "position": i.position,
+        "event_id": i.event_id,
+        "occurred_at": i.occurred_at,
+        "channel": i.channel,
+        "direction": i.direction,
+        "type": i.type,
+        "conversation_id": i.conversation_id,
+        "contact": i.contact,
+        "agent_id": i.agent_id,
+        "subject": i.subject,
+        "snippet": i.snippet,
+    }
+
+
+@router.get("/v1/customers/{customer_id}/timeline/live", tags=["customers"])
+async def customer_timeline_live(
+    request: Request, svc: Svc, key: Reader, customer_id: str
+) -> StreamingResponse:
+    """Server-sent events: each new interaction of the customer as it reaches the
+    timeline, its position as the event id. Reconnect with ``Last-Event-ID`` to get
+    exactly what was missed. Items moved in later by a link or merge are not replayed."""
+    found = await run_in_threadpool(_customer_or_404, svc, customer_id)
+    last_id = request.headers.get("last-event-id")
+    if last_id is not None and not last_id.isdigit():
+        raise Problem(422, "Invalid request", "Last-Event-ID: the position of an event")
+    start = await run_in_threadpool(_live_start, svc, int(last_id) if last_id else None)
+
+    async def stream() -> AsyncIterator[bytes]:
+        after, quiet = start, 0.0
+        yield b": live timeline of " + found.encode() + b"\n\n"
+        while not await request.is_disconnected():
+            items, after = await run_in_threadpool(_live_items, svc, found, after)
+            for item in items:
+                data = orjson.dumps(_item_json(item))
+                yield b"id: %d\nevent: interaction\ndata: %s\n\n" % (item.position, data)
+            if items:
+                quiet = 0.0
+                continue
+            await asyncio.sleep(LIVE_POLL_SECONDS)
+            quiet += LIVE_POLL_SECONDS
+            if quiet >= LIVE_KEEPALIVE_SECONDS:
+                quiet = 0.0
+                yield b": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _live_start(svc: Service, last_position: int | None) -> Checkpoint:
+    """Where a live timeline starts: after the event a client saw last, else now (the
+    timeline's checkpoint)."""
+    with svc.connection() as conn:
+        if last_position is not None:
+            row = conn.execute(
+                "SELECT transaction_id::text, position FROM events WHERE position = %s",
+                (last_position,),
+            ).fetchone()
+            if row is None:
+                raise Problem(422, "Invalid request", "Last-Event-ID: no event at that position")
+        else:
+            row = conn.execute(
+                "SELECT transaction_id::text, position FROM projection_checkpoints"
+                " WHERE projection = 'timeline'"
+            ).fetchone()
+    return Checkpoint(int(row[0]), int(row[1])) if row else Checkpoint.START
+
+
+def _live_items(
+    svc: Service, customer_id: str, after: Checkpoint
+) -> tuple[list[views.TimelineItem], Checkpoint]:
+    """The customer's items applied after ``after``, in the order they were applied (the
+    log's commit-safe order), and the checkpoint to continue from."""
+    with svc.connection() as conn:
+        rows = conn.execute(
+            """
+            SELECT t.position, t.event_id, t.customer_id, t.occurred_at, t.channel,
+                   t.direction, t.type, t.conversation_id, t.agent_id,
+                   t.contact_kind || ':' || t.contact_value, t.subject, t.snippet,
+                   e.transaction_id::text
+              FROM timeline AS t JOIN events AS e ON e.position = t.position
+             WHERE t.customer_id = %s
+               AND (e.transaction_id, e.position) > (%s::text::xid8, %s)
+             ORDER BY e.transaction_id, e.position
+             LIMIT 100
+            """,
+            (customer_id, str(after.transaction_id), after.position),
+        ).fetchall()
+    if not rows:
+        return [], after
+    last = rows[-1]
+    return [views.TimelineItem(*row[:12]) for row in rows], Checkpoint(int(last[12]), last[0])
 
 
 @router.get("/v1/conversations/{conversation_id}", tags=["conversations"], dependencies=[Fresh])

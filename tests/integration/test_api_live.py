@@ -1,0 +1,96 @@
+"""The live timeline (server-sent events) over a real socket, with the projector running."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2 as httpx
+import orjson
+import pytest
+import uvicorn
+from psycopg_pool import ConnectionPool
+
+from interaction_store.api import create_app
+from interaction_store.keys import create_key
+from interaction_store.settings import Settings
+from interaction_store.store import Store
+from tests.helpers import sms
+
+
+@pytest.fixture
+def server(pool: ConnectionPool[Any], database_url: str) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Settings(database_url=database_url), pool=pool)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not running.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    running.should_exit = True
+    thread.join(timeout=20)
+
+
+def read_events(
+    url: str, headers: dict[str, str], count: int, ready: threading.Event | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """Read ``count`` server-sent events, then hang up."""
+    got: list[tuple[int, dict[str, Any]]] = []
+    with httpx.stream("GET", url, headers=headers, timeout=20) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        event_id = None
+        for line in answer.iter_lines():
+            if ready is not None:
+                ready.set()
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("data: ") and event_id is not None:
+                got.append((event_id, orjson.loads(line[6:])))
+                if len(got) == count:
+                    break
+    return got
+
+
+def test_live_timeline_resumes_after_a_disconnect_without_loss_or_repeats(
+    server: str, store: Store, pool: ConnectionPool[Any]
+) -> None:
+    key, _ = create_key(pool, "live test", ["timeline:read"])
+    auth = {"Authorization": f"Bearer {key}"}
+    first = store.append_batch([sms(0, customer_id="cu-live", conversation_id="c-live")])
+    url = f"{server}/v1/customers/cu-live/timeline/live"
+    httpx.get(
+        f"{server}/v1/customers/cu-live/timeline",
+        params={"min_position": first.position},
+        headers=auth,
+    )
+
+    ready = threading.Event()
+    seen: list[tuple[int, dict[str, Any]]] = []
+    reader = threading.Thread(target=lambda: seen.extend(read_events(url, auth, 3, ready)))
+    reader.start()
+    assert ready.wait(10)
+    for i in range(1, 4):
+        store.append_batch([sms(i, customer_id="cu-live", conversation_id="c-live")])
+    reader.join(timeout=20)
+    assert [item["snippet"] for _, item in seen] == ["message 1", "message 2", "message 3"]
+    assert [position for position, _ in seen] == [item["position"] for _, item in seen]
+
+    missed = [
+        store.append_batch([sms(i, customer_id="cu-live", conversation_id="c-live")]).position
+        for i in range(4, 6)
+    ]
+    resumed = read_events(url, {**auth, "Last-Event-ID": str(seen[-1][0])}, 2)
+    assert [position for position, _ in resumed] == missed
+    assert [item["snippet"] for _, item in resumed] == ["message 4", "message 5"]
+
+    unknown = httpx.get(f"{server}/v1/customers/cu-nobody/timeline/live", headers=auth)
+    assert unknown.status_code == 404
