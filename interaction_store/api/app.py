@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Request
 from psycopg_pool import ConnectionPool
 
 from interaction_store import db
+from interaction_store.api.metrics import Metrics
 from interaction_store.api.problems import JSON, Problem, install_problem_handlers
 from interaction_store.keys import ApiKey, verify_key
 from interaction_store.policy import ServiceLevels
@@ -124,6 +125,9 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    metrics = Metrics()
+    metrics.install(app, lambda: getattr(app.state, "service", None))
+    app.state.metrics = metrics
     from interaction_store.api import routes
 
     app.include_router(routes.router)

@@ -91,6 +91,13 @@ def readyz(svc: Svc) -> Response:
     )
 
 
+@router.get("/metrics", tags=["operations"], include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    body = request.app.state.metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 # Reads --------------------------------------------------------------------------------
 
 
@@ -512,6 +519,13 @@ def _events_of(payload: Any, svc: Service) -> list[Any]:
     return events
 
 
+def _counted(request: Request, result: AppendResult) -> AppendResult:
+    appended = request.app.state.metrics.appended
+    appended.labels("appended").inc(result.appended)
+    appended.labels("already_present").inc(result.already_present)
+    return result
+
+
 def _append_answer(result: AppendResult) -> Response:
     body = {
         "events": [
@@ -547,7 +561,7 @@ async def _append_once(
     422. Keys are kept 24 hours."""
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:
-        return _append_answer(await run_in_threadpool(append))
+        return _append_answer(_counted(request, await run_in_threadpool(append)))
     if not 1 <= len(idempotency_key) <= 255:
         raise Problem(422, "Invalid request", "Idempotency-Key: 1 to 255 characters")
     fingerprint = hashlib.sha256(request.url.path.encode() + b"\0" + body).digest()
@@ -571,7 +585,7 @@ async def _append_once(
             )
         return Response(bytes(stored[2]), status_code=stored[1], media_type="application/json")
     try:
-        answer = _append_answer(await run_in_threadpool(append))
+        answer = _append_answer(_counted(request, await run_in_threadpool(append)))
     except BaseException:
         await run_in_threadpool(_release_idempotency_key, svc, key.key_id, idempotency_key)
         raise

@@ -237,3 +237,16 @@ def test_idempotency_keys_replay_the_first_answer_even_under_concurrency(api: Ap
         headers={**api.appender, "Idempotency-Key": "req-43"},
     )
     assert fresh.status_code == 201  # another key: another request, another event
+
+
+def test_metrics_in_prometheus_text(api: Api) -> None:
+    append(api, [sms(1)])
+    api.client.get("/v1/customers/cu-nobody", headers=api.reader)
+    text = api.client.get("/metrics").text
+    assert 'interaction_store_events_appended_total{outcome="appended"} 1.0' in text
+    assert (
+        'interaction_store_http_request_seconds_count{method="GET",'
+        'route="/v1/customers/{customer_id}",status="404"} 1.0'
+    ) in text
+    assert 'interaction_store_projection_lag_events{projection="timeline"}' in text
+    assert "interaction_store_dead_letters" in text
