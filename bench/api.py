@@ -1,0 +1,225 @@
+"""The HTTP API under load: timeline and context reads beside the app's own /healthz, and
+single-event appends.
+
+    .venv/bin/python bench/api.py      # on the 1,000,000-event log bench/projections.py loads
+    .venv/bin/python bench/api.py --events 100000 --customers 10000 --seconds 5
+
+The log is the one ``bench/projections.py`` loads (``bench_views_<events>_<customers>`` on
+the embedded server in ``.bench/pg``, loaded here too if missing). The service runs as its
+own process (``interaction-store serve``, one uvicorn worker, projector on); the load comes
+from another process with ``--concurrency`` threads, each with its own keep-alive
+connection, on loopback. Each scenario runs ``--seconds``, after a warm-up.
+
+- ``/healthz`` is the framework's ceiling on this machine: the same app, no database.
+- Timeline: the newest 50 of a random customer. Target: at least 40% of the /healthz rate,
+  p99 under 50 ms.
+- Context: the routing context of a random customer. Target: p99 under 20 ms.
+- Appends: one new SMS per request. Target: at least 500 per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from projections import load
+
+from interaction_store.db import migrate, open_pool
+from interaction_store.embedded import EmbeddedPostgres
+from interaction_store.keys import create_key
+from interaction_store.projections import ProjectionRunner, all_projections
+from interaction_store.store import Store
+
+
+def drive(
+    base: str, key: str, scenario: str, customers: list[str], seconds: float, threads: int
+) -> dict[str, float]:
+    """Run one scenario from this (separate) process; requests/s and latency percentiles."""
+    import httpx2 as httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    stop = threading.Event()
+
+    def request(client: Any, rng: random.Random) -> int:
+        if scenario == "healthz":
+            return int(client.get("/healthz").status_code)
+        if scenario == "timeline":
+            customer = rng.choice(customers)
+            return int(client.get(f"/v1/customers/{customer}/timeline?limit=50").status_code)
+        if scenario == "context":
+            customer = rng.choice(customers)
+            return int(client.get(f"/v1/customers/{customer}/context").status_code)
+        event = {
+            "type": "sms.received",
+            "occurred_at": "2026-11-22T09:00:00Z",
+            "data": {
+                "contact": f"phone:+1415555{rng.randint(0, 9999):04d}",
+                "external_id": f"bench-{uuid.uuid4().hex}",
+                "text": "Is my order on its way?",
+            },
+        }
+        return int(client.post("/v1/events", json={"events": [event]}).status_code)
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            for _ in range(20):  # warm-up
+                request(client, rng)
+            while not stop.is_set():
+                began = time.perf_counter()
+                status = request(client, rng)
+                latencies[n].append(time.perf_counter() - began)
+                if status >= 400:
+                    errors[n] += 1
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    time.sleep(2.0)  # the warm-ups
+    for lat in latencies:
+        lat.clear()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    counted = sum(len(lat) for lat in latencies)
+    elapsed = time.perf_counter() - began
+    stop.set()
+    for thread in pool:
+        thread.join()
+    samples = sorted(x for lat in latencies for x in lat)
+    cut = statistics.quantiles(samples, n=100, method="inclusive")
+    return {
+        "rps": counted / elapsed,
+        "p50_ms": cut[49] * 1000,
+        "p99_ms": cut[98] * 1000,
+        "errors": float(sum(errors)),
+    }
+
+
+def _drive_in_process(args: tuple[Any, ...], out: Any) -> None:
+    out.put(drive(*args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    server = EmbeddedPostgres(Path(".bench/pg"))
+    admin_url = server.start()
+    name = f"bench_views_{args.events}_{args.customers}"
+    service = None
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            if (
+                admin.execute("SELECT FROM pg_database WHERE datname = %s", (name,)).fetchone()
+                is None
+            ):
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = make_conninfo(admin_url, dbname=name)
+        migrate(url)
+        with open_pool(url, min_size=1, max_size=4) as pool:
+            store = Store(pool)
+            if store.head() == 0:
+                print(f"loading {args.events:,} events (once) ...", flush=True)
+                load(store, args.events, args.customers, args.seed)
+            print("catching the views up ...", flush=True)
+            ProjectionRunner(store, all_projections(), batch_size=1000).catch_up()
+            key, _ = create_key(pool, "bench/api.py", ["timeline:read", "events:append"])
+            with pool.connection() as conn:
+                customers = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT customer_id FROM customer_profiles ORDER BY random() LIMIT 5000"
+                    )
+                ]
+            store.close()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        service = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from interaction_store.cli import main; main()",
+                "--database-url",
+                url,
+                "serve",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "INTERACTION_STORE_POOL_MAX_SIZE": "20"},
+        )
+        import httpx2 as httpx
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        results: dict[str, dict[str, float]] = {}
+        ctx = mp.get_context("spawn")
+        for scenario in ("healthz", "timeline", "context", "append"):
+            out = ctx.Queue()
+            load_process = ctx.Process(
+                target=_drive_in_process,
+                args=((base, key, scenario, customers, args.seconds, args.concurrency), out),
+            )
+            load_process.start()
+            results[scenario] = out.get()
+            load_process.join()
+            r = results[scenario]
+            print(
+                f"{scenario:<9} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
+                f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']:.0f}",
+                flush=True,
+            )
+    finally:
+        if service is not None:
+            service.terminate()
+            service.wait(timeout=30)
+        server.release()
+    health, timeline, context, append = (
+        results[s] for s in ("healthz", "timeline", "context", "append")
+    )
+    ratio = timeline["rps"] / health["rps"]
+    print(
+        f"\ntimeline: {ratio:.2f} of /healthz (target >= 0.40), p99 {timeline['p99_ms']:.1f} ms"
+        f" (target < 50)\ncontext: p99 {context['p99_ms']:.1f} ms (target < 20)\n"
+        f"appends: {append['rps']:,.0f} single-event requests/s (target >= 500)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
