@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 from psycopg import sql
 
@@ -29,6 +30,7 @@ __all__ = [
     "Profile",
     "TimelineItem",
     "Wait",
+    "context",
     "conversation",
     "conversations",
     "customer",
@@ -492,3 +494,85 @@ def preferred_agent(conn: psycopg.Connection[Any], customer_id: str) -> str | No
         {"c": customer_id, "window": PREFERRED_AGENT_WINDOW},
     ).fetchone()
     return str(row[0]) if row else None
+
+
+def context(
+    conn: psycopg.Connection[Any],
+    customer_id: str,
+    *,
+    service_levels: ServiceLevels | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """The small routing context of a customer, in one query: priority, account value,
+    churn risk, open conversations with their service-level state, preferred agent (as in
+    ``preferred_agent``) and last contact. None when the customer is unknown."""
+    levels = service_levels or ServiceLevels()
+    targets = {channel: due.total_seconds() for channel, due in levels.first_response.items()}
+    row = conn.execute(
+        """
+        WITH who AS (SELECT """
+        + _RESOLVED
+        + """ AS id),
+        mine AS (
+            SELECT t.agent_id, t.occurred_at, t.conversation_id
+              FROM timeline AS t JOIN who ON t.customer_id = who.id
+        ),
+        handled AS (SELECT agent_id, occurred_at FROM mine WHERE agent_id IS NOT NULL),
+        latest AS (SELECT max(occurred_at) AS at FROM handled),
+        agent AS (
+            SELECT h.agent_id FROM handled AS h, latest
+             WHERE h.occurred_at = latest.at
+             ORDER BY (SELECT count(*) FROM handled AS o
+                        WHERE o.agent_id = h.agent_id
+                          AND o.occurred_at > latest.at - %(window)s) DESC, h.agent_id
+             LIMIT 1
+        ),
+        open_conversations AS (
+            SELECT c.conversation_id, c.channels, w.started_at AS awaiting_since,
+                   w.started_at + make_interval(secs => coalesce(
+                       (%(targets)s::jsonb ->> w.channel)::float8, 14400)) AS response_due_at,
+                   (SELECT coalesce(bool_or(coalesce(x.ended_at, %(now)s) > x.started_at
+                               + make_interval(secs => coalesce(
+                                   (%(targets)s::jsonb ->> x.channel)::float8, 14400))),
+                                    false)
+                      FROM conversation_waits AS x
+                     WHERE x.conversation_id = c.conversation_id) AS breached,
+                   c.last_activity_at
+              FROM conversations AS c
+              LEFT JOIN conversation_waits AS w
+                ON w.conversation_id = c.conversation_id AND w.ended_position IS NULL
+             WHERE c.status = 'open'
+               AND c.conversation_id IN (SELECT conversation_id FROM mine)
+        )
+        SELECT who.id, p.account_value, p.churn_risk,
+               (SELECT max(occurred_at) FROM mine),
+               (SELECT agent_id FROM agent),
+               (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                           'conversation_id', o.conversation_id, 'channels', o.channels,
+                           'awaiting_since', o.awaiting_since,
+                           'response_due_at', o.response_due_at, 'breached', o.breached)
+                       ORDER BY o.last_activity_at DESC NULLS LAST, o.conversation_id), '[]')
+                  FROM open_conversations AS o),
+               p.customer_id IS NOT NULL OR EXISTS (SELECT FROM mine)
+                   OR EXISTS (SELECT FROM identities AS i WHERE i.customer_id = who.id)
+          FROM who LEFT JOIN customer_profiles AS p ON p.customer_id = who.id
+        """,
+        {
+            "customer": customer_id,
+            "window": PREFERRED_AGENT_WINDOW,
+            "targets": orjson.dumps(targets).decode(),
+            "now": now or datetime.now(UTC),
+        },
+    ).fetchone()
+    if row is None or not row[6]:
+        return None
+    resolved, value, risk, last_contact, agent, open_conversations, _ = row
+    return {
+        "customer_id": resolved,
+        "priority": priority(value, risk),
+        "account_value": value,
+        "churn_risk": risk,
+        "open_conversations": open_conversations,
+        "preferred_agent": agent,
+        "last_contact": last_contact,
+    }

@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import psycopg
@@ -28,6 +29,9 @@ __all__ = ["Service", "create_app", "require"]
 
 log = logging.getLogger(__name__)
 
+#: How long a verified (or refused) API key is remembered.
+KEY_CACHE_SECONDS = 5.0
+
 
 @dataclass
 class Service:
@@ -37,6 +41,20 @@ class Service:
     store: Store
     service_levels: ServiceLevels
     runner: ProjectionRunner | None = None
+    _keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
+
+    def verify(self, token: str) -> ApiKey | None:
+        """The key's record, remembered for ``KEY_CACHE_SECONDS`` (a revocation takes
+        effect within that time in a running server)."""
+        now = time.monotonic()
+        cached = self._keys.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        key = verify_key(self.pool, token)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[token] = (key, now + KEY_CACHE_SECONDS)
+        return key
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -67,7 +85,7 @@ def require(scope: str) -> Callable[..., ApiKey]:
                 "send an API key: Authorization: Bearer isk_...",
                 headers=challenge,
             )
-        key = verify_key(svc.pool, token.strip())
+        key = svc.verify(token.strip())
         if key is None:
             raise Problem(
                 401, "Unauthorized", "the API key is unknown or revoked", headers=challenge

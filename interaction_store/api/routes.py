@@ -203,28 +203,12 @@ def customer_summary(svc: Svc, key: Reader, customer_id: str) -> dict[str, Any]:
 
 @router.get("/v1/customers/{customer_id}/context", tags=["customers"], dependencies=[Fresh])
 def customer_context(svc: Svc, key: Reader, customer_id: str) -> dict[str, Any]:
-    """The small routing context for a call that is ringing now."""
-    found = _customer_or_404(svc, customer_id)
+    """The small routing context for a call that is ringing now (one query)."""
     with svc.connection() as conn:
-        s = views.customer(conn, found, service_levels=svc.service_levels)
-    return {
-        "customer_id": s.customer_id,
-        "priority": s.priority,
-        "account_value": s.profile.account_value if s.profile else None,
-        "churn_risk": s.profile.churn_risk if s.profile else None,
-        "open_conversations": [
-            {
-                "conversation_id": c.conversation_id,
-                "channels": c.channels,
-                "awaiting_since": c.awaiting_since,
-                "response_due_at": c.response_due_at,
-                "breached": c.breached,
-            }
-            for c in s.open_conversations
-        ],
-        "preferred_agent": s.preferred_agent,
-        "last_contact": s.last_contact_at,
-    }
+        found = views.context(conn, customer_id, service_levels=svc.service_levels)
+    if found is None:
+        raise Problem(404, "Not found", f"no customer {customer_id}")
+    return found
 
 
 def _cursor(position: int) -> str:
@@ -285,12 +269,11 @@ def customer_timeline(
     until: datetime | None = None,
 ) -> dict[str, Any]:
     """The customer's interactions on every channel, newest first."""
-    found = _customer_or_404(svc, customer_id)
     before = _position_of(cursor) if cursor else None
     with svc.connection() as conn:
         items = views.timeline(
             conn,
-            found,
+            customer_id,
             limit=limit,
             before=before,
             channel=channel,
@@ -299,6 +282,8 @@ def customer_timeline(
             since=since,
             until=until,
         )
+    # One query when there are items; only an empty page asks whether the customer exists.
+    found = items[0].customer_id if items else _customer_or_404(svc, customer_id)
     return {
         "customer_id": found,
         "items": [_item_json(i) for i in items],

@@ -347,3 +347,35 @@ def test_a_chat_that_ends_unanswered_waits_no_more(store: Store, runner: Project
     assert chat.waits[0].ended_by == "chat ended"
     assert chat.breached  # ten minutes without an answer, against two
     assert chat.first_response_at is None
+
+
+def test_the_one_query_context_agrees_with_the_summary(
+    store: Store, runner: ProjectionRunner
+) -> None:
+    store.append_batch(story())
+    store.append_batch(
+        [
+            interaction("email.received", 0, "c-open", customer="cu-northwind-mchen"),
+            interaction("sms.received", 5, "c-open-2", customer="cu-northwind-mchen"),
+            interaction("sms.sent", 9, "c-open-2", customer="cu-northwind-mchen"),
+        ]
+    )
+    runner.catch_up()
+    now = T0 + timedelta(minutes=60)
+    with store.pool.connection() as conn:
+        for who in ("cu-northwind-mchen", views.lookup_customer(conn, "phone:+16285550187")):
+            assert who is not None
+            full = views.customer(conn, who, now=now)
+            small = views.context(conn, who, now=now)
+            assert small is not None
+            assert small["priority"] == full.priority
+            assert small["preferred_agent"] == full.preferred_agent
+            assert small["last_contact"] == full.last_contact_at
+            assert [
+                (c["conversation_id"], c["breached"], c["awaiting_since"] is not None)
+                for c in small["open_conversations"]
+            ] == [
+                (c.conversation_id, c.breached, c.awaiting_since is not None)
+                for c in full.open_conversations
+            ]
+        assert views.context(conn, "cu-nobody") is None
