@@ -594,20 +594,21 @@ def _claim_idempotency_key(
         ).rowcount
         if inserted:
             return True, None
-        deadline = time.monotonic() + IDEMPOTENCY_WAIT
-        while True:  # the first request may still be running: wait for its answer
+    deadline = time.monotonic() + IDEMPOTENCY_WAIT
+    while True:  # the first request may still be running: wait for its answer
+        with svc.connection() as conn:  # not held while waiting: the first one needs one
             row = conn.execute(
                 "SELECT fingerprint, status, body FROM idempotency_keys"
                 " WHERE key_id = %s AND idempotency_key = %s",
                 (key_id, idempotency_key),
             ).fetchone()
-            if row is None:  # the first failed and let go of the key: take it
-                return _claim_idempotency_key(svc, key_id, idempotency_key, fingerprint)
-            if row[1] is not None or bytes(row[0]) != fingerprint:
-                return False, row
-            if time.monotonic() >= deadline:
-                return False, row
-            time.sleep(0.01)
+        if row is None:  # the first failed and let go of the key: take it
+            return _claim_idempotency_key(svc, key_id, idempotency_key, fingerprint)
+        if row[1] is not None or bytes(row[0]) != fingerprint:
+            return False, row
+        if time.monotonic() >= deadline:
+            return False, row
+        time.sleep(0.01)
 
 
 def _release_idempotency_key(svc: Service, key_id: str, idempotency_key: str) -> None:
