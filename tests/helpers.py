@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,3 +66,15 @@ class Flaky:
             if event.type == "email.received" and not self.fixed:
                 raise KeyError("subject")
             conn.execute("INSERT INTO flaky_seen VALUES (%s)", (event.position,))
+
+
+def cli_command(database_url: str, *args: str) -> list[str]:
+    """The argv of an ``interaction-store`` process on this test's database."""
+    return [
+        sys.executable,
+        "-c",
+        "from interaction_store.cli import main; main()",
+        "--database-url",
+        database_url,
+        *args,
+    ]

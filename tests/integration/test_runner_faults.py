@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from interaction_store.demo import generate
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.runner import DeadLetterError
 from interaction_store.store import Store
-from tests.helpers import Flaky, email, sms
+from tests.helpers import Flaky, cli_command, email, sms
 
 
 def applied(store: Store) -> dict[str, int]:
@@ -31,16 +30,7 @@ def test_a_killed_runner_restarts_and_applies_every_event_exactly_once(
         store.append_batch(events[start : start + 1000])
     total = len(events)
     interactions = total - 200
-    command = [
-        sys.executable,
-        "-c",
-        "from interaction_store.cli import main; main()",
-        "--database-url",
-        database_url,
-        "project",
-        "--batch-size",
-        "20",
-    ]
+    command = cli_command(database_url, "project", "--batch-size", "20")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

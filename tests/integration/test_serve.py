@@ -7,13 +7,14 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+
+from tests.helpers import cli_command
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -29,17 +30,7 @@ def served(database_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """The base URL and the demo key of a `serve --demo` process."""
     port = free_port()
     log = tmp_path / "serve.log"
-    command = [
-        sys.executable,
-        "-c",
-        "from interaction_store.cli import main; main()",
-        "--database-url",
-        database_url,
-        "serve",
-        "--demo",
-        "--port",
-        str(port),
-    ]
+    command = cli_command(database_url, "serve", "--demo", "--port", str(port))
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
