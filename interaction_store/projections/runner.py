@@ -147,6 +147,14 @@ class ProjectionRunner:
             events = self.store.read_all(after=checkpoint, limit=self.batch_size)
             if not events:
                 continue
+            if len(projections) == 1:  # alone: its own step, failures handled there
+                done = self._step(projections[0], checkpoint, events)
+                applied += done
+                if done == len(events):  # applied or parked, the checkpoint is past them all
+                    known[projections[0].name] = events[-1].checkpoint
+                else:
+                    known = {}
+                continue
             try:
                 self._apply(projections, checkpoint, events)
                 applied += len(events) * len(projections)
