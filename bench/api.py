@@ -10,6 +10,11 @@ own process (``interaction-store serve``, one uvicorn worker, projector on); the
 from another process with ``--concurrency`` threads, each with its own keep-alive
 connection, on loopback. Each scenario runs ``--seconds``, after a warm-up.
 
+The load process is ``wrk`` (Debian's package ``wrk``: one C thread, a Lua script for the
+requests) when it is on the PATH, so that on two cores the client takes as little CPU from
+the service as it can; ``--client python`` uses threads of httpx clients instead (heavier,
+so every rate it measures is lower).
+
 - ``/healthz`` is the framework's ceiling on this machine: the same app, no database.
 - Timeline: the newest 50 of a random customer. Target: at least 40% of the /healthz rate,
   p99 under 50 ms.
@@ -24,10 +29,12 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -119,6 +126,90 @@ def _drive_in_process(args: tuple[Any, ...], out: Any) -> None:
     out.put(drive(*args))
 
 
+WRK_SCRIPT = """
+local paths = {%(paths)s}
+local kind = "%(scenario)s"
+local run = "%(run)s"
+wrk.headers["Authorization"] = "Bearer %(key)s"
+wrk.headers["Content-Type"] = "application/json"
+local threads, counter = 0, 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
+
+function request()
+  counter = counter + 1
+  if kind == "append" then
+    local body = string.format(
+      '{"events": [{"type": "sms.received", "occurred_at": "2026-11-22T09:00:00Z",'
+      .. ' "data": {"contact": "phone:+1415555%%04d", "external_id": "bench-%%s-%%d-%%d",'
+      .. ' "text": "Is my order on its way?"}}]}',
+      math.random(0, 9999), run, thread_id, counter)
+    return wrk.format("POST", "/v1/events", nil, body)
+  end
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\n{"requests": %%d, "duration_us": %%d, "errors": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
+    summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def drive_wrk(
+    base: str, key: str, scenario: str, customers: list[str], seconds: float, connections: int
+) -> dict[str, float]:
+    """Run one scenario with ``wrk`` (a separate process): a warm-up, then the measured run."""
+    if scenario == "timeline":
+        paths = [f"/v1/customers/{c}/timeline?limit=50" for c in customers]
+    elif scenario == "context":
+        paths = [f"/v1/customers/{c}/context" for c in customers]
+    else:
+        paths = ["/healthz"]
+    measured: dict[str, float] = {}
+    for duration in (2.0, seconds):  # the warm-up, then the run
+        # A run token of its own for each: appended ids must not repeat the warm-up's.
+        script = WRK_SCRIPT % {
+            "paths": ", ".join(json.dumps(p) for p in paths),
+            "scenario": scenario,
+            "run": uuid.uuid4().hex[:12],
+            "key": key,
+        }
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(script)
+        try:
+            done = subprocess.run(
+                ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "-s", f.name, base],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        finally:
+            os.unlink(f.name)
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "rps": measured["requests"] / (measured["duration_us"] / 1e6),
+        "p50_ms": measured["p50_us"] / 1000,
+        "p99_ms": measured["p99_us"] / 1000,
+        "errors": float(measured["errors"]),
+    }
+
+
+def _report(scenario: str, r: dict[str, float]) -> None:
+    print(
+        f"{scenario:<9} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
+        f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']:.0f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -127,6 +218,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "python"),
+        default="wrk" if shutil.which("wrk") else "python",
+        help="the load process: wrk (default when installed) or Python threads",
+    )
     args = parser.parse_args()
 
     server = EmbeddedPostgres(Path(".bench/pg"))
@@ -188,7 +285,14 @@ def main() -> None:
                 time.sleep(0.2)
         results: dict[str, dict[str, float]] = {}
         ctx = mp.get_context("spawn")
+        print(f"load from {args.client}, {args.concurrency} connections", flush=True)
         for scenario in ("healthz", "timeline", "context", "append"):
+            if args.client == "wrk":
+                results[scenario] = drive_wrk(
+                    base, key, scenario, customers, args.seconds, args.concurrency
+                )
+                _report(scenario, results[scenario])
+                continue
             out = ctx.Queue()
             load_process = ctx.Process(
                 target=_drive_in_process,
@@ -197,12 +301,7 @@ def main() -> None:
             load_process.start()
             results[scenario] = out.get()
             load_process.join()
-            r = results[scenario]
-            print(
-                f"{scenario:<9} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
-                f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']:.0f}",
-                flush=True,
-            )
+            _report(scenario, results[scenario])
     finally:
         if service is not None:
             service.terminate()

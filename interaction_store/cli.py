@@ -8,6 +8,7 @@ in ``.interaction-store/`` (started on demand, stopped when the command ends unl
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import sys
 import threading
@@ -759,7 +760,16 @@ def serve(obj: Context, host: str, port: int, no_projector: bool, demo: bool) ->
                 click.echo(f"demo story: appended {result.appended} events")
             click.echo(_demo_key_and_examples(store, host, port))
         app = create_app(obj.settings, pool=store.pool, projector=not no_projector)
+        _fewer_collector_pauses()
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def _fewer_collector_pauses() -> None:
+    """Move what start-up allocated out of the cyclic collector's sight and let it run
+    less often: each full collection stops every request in flight, and with the default
+    thresholds a busy server collects several times a second (a p99 of its own)."""
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 DEMO_KEY_NAME = "demo key (serve --demo)"

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
@@ -30,6 +30,7 @@ __all__ = [
     "has_schema",
     "migrate",
     "migrations_dir",
+    "open_async_pool",
     "open_pool",
     "open_store",
 ]
@@ -63,6 +64,33 @@ def open_pool(
         pool.open(wait=True, timeout=30)
     except Exception as exc:
         pool.close()
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+    return pool
+
+
+async def _configure_async_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """``configure_connection`` for async connections."""
+    set_json_loads(orjson.loads, conn)
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+async def open_async_pool(
+    conninfo: str, *, min_size: int = 1, max_size: int = 10
+) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """An opened pool of async autocommit connections, for reads served on the event loop."""
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        configure=_configure_async_connection,
+        name="interaction-store-reads",
+        open=False,
+    )
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception as exc:
+        await pool.close()
         raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
     return pool
 

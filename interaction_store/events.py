@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 from uuid import UUID, uuid4, uuid5
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -83,12 +88,40 @@ ConversationId: TypeAlias = Identifier
 AgentId: TypeAlias = Identifier
 ExternalId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=998)]
 ShortText = Annotated[str, StringConstraints(max_length=998)]
+
+
+def _a_timestamp_not_a_number(value: Any) -> Any:
+    # Lax validation would read a number as Unix time; the wire shape is ISO 8601.
+    if isinstance(value, int | float):
+        raise ValueError("must be an ISO 8601 date-time with its UTC offset, not a number")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    # Events are hashed, compared and stored in UTC (and PostgreSQL takes offsets up to
+    # 15:59 only, where ISO 8601 allows more).
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+#: An ISO 8601 date-time with its offset (a string on the wire, a datetime in Python).
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_a_timestamp_not_a_number),
+    AfterValidator(_in_utc),
+    Strict(False),
+]
 Channel = Literal["email", "voice", "chat", "sms", "twitter"]
 Direction = Literal["inbound", "outbound"]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a number is not read from a string or a boolean, nor text from a number, so
+    # what is accepted is what the JSON Schema files say (dates and ids still parse from
+    # their ISO and UUID strings: see the fields that say strict=False).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class Contact(Model):
@@ -222,7 +255,7 @@ class TweetSentData(TweetData):
 class CallbackRequestedData(InteractionData):
     channel: Channel = "voice"
     direction: Literal["inbound"] = "inbound"
-    requested_for: AwareDatetime | None = None
+    requested_for: Timestamp | None = None
     reason: ShortText = ""
 
 
@@ -295,8 +328,8 @@ class EventBase(Model):
     """The envelope every event shares. ``id`` is the idempotency key; each type narrows
     ``type``, ``schema_version`` and ``data`` to its own."""
 
-    id: UUID = Field(default_factory=uuid4)
-    occurred_at: AwareDatetime
+    id: UUID = Field(default_factory=uuid4, strict=False)
+    occurred_at: Timestamp
     metadata: Metadata = Field(default_factory=Metadata)
     type: str
     schema_version: int
@@ -314,6 +347,15 @@ class InteractionEvent(EventBase):
     """An interaction. Without an ``id``, one is derived from the type and ``external_id``,
     so a retried delivery of the same source message is recognised as the same event."""
 
+    id: Annotated[
+        UUID,
+        WithJsonSchema(
+            {
+                "anyOf": [{"type": "string", "format": "uuid"}, {"type": "null"}],
+                "description": "Left out or null: derived from the type and external_id.",
+            }
+        ),
+    ] = Field(default_factory=uuid4, strict=False)
     data: InteractionData
 
     @model_validator(mode="before")

@@ -297,6 +297,11 @@ class Store:
             notify_channel=settings.notify_channel,
         )
 
+    @property
+    def conninfo(self) -> str:
+        """The connection string of the store's pool (for connections of other kinds)."""
+        return _conninfo(self.pool)
+
     def close(self) -> None:
         """Send the last pending wake-up and stop the notifier (the pool stays open)."""
         self._notifier.close()

@@ -9,9 +9,10 @@ of policy needs no rebuild.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import orjson
@@ -28,18 +29,51 @@ __all__ = [
     "FollowUp",
     "Identity",
     "Profile",
+    "Read",
     "TimelineItem",
     "Wait",
     "context",
+    "context_read",
     "conversation",
     "conversations",
     "customer",
     "find_customer",
+    "find_customer_read",
     "follow_ups",
     "lookup_customer",
+    "lookup_read",
     "resolve_customer",
     "timeline",
+    "timeline_read",
 ]
+
+T = TypeVar("T")
+Rows = Sequence[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Read(Generic[T]):
+    """One query and how its rows become the answer, apart from any connection.
+
+    ``run`` executes it on a connection; ``run_async`` awaits it on an async one (the
+    API's hot reads, which then need no worker thread). The SQL and the shaping are the
+    same either way.
+    """
+
+    statement: sql.SQL | sql.Composed | str
+    params: Mapping[str, Any]
+    shape: Callable[[Rows], T]
+
+    def run(self, conn: psycopg.Connection[Any]) -> T:
+        return self.shape(conn.execute(self.statement, self.params).fetchall())
+
+    async def run_async(self, conn: psycopg.AsyncConnection[Any]) -> T:
+        cursor = await conn.execute(self.statement, self.params)
+        return self.shape(await cursor.fetchall())
+
+
+def _first_column(rows: Rows) -> str | None:
+    return str(rows[0][0]) if rows else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +109,19 @@ def lookup_customer(
     conn: psycopg.Connection[Any], identity: str, *, phone_region: str = "US"
 ) -> str | None:
     """The customer of an identity written ``kind:value`` (normalised like appends)."""
+    return lookup_read(identity, phone_region=phone_region).run(conn)
+
+
+def lookup_read(identity: str, *, phone_region: str = "US") -> Read[str | None]:
+    """``lookup_customer`` as a ``Read``; a malformed identity raises ``ValueError`` here."""
     kind, value = parse_contact_string(identity)
     value = normalise_contact(kind, value, phone_region=phone_region)
-    row = conn.execute(
-        "SELECT resolve_customer(customer_id) FROM identities WHERE kind = %s AND value = %s",
-        (kind, value),
-    ).fetchone()
-    return str(row[0]) if row else None
+    return Read(
+        "SELECT resolve_customer(customer_id) FROM identities"
+        " WHERE kind = %(kind)s AND value = %(value)s",
+        {"kind": kind, "value": value},
+        _first_column,
+    )
 
 
 def timeline(
@@ -98,6 +138,30 @@ def timeline(
 ) -> list[TimelineItem]:
     """A customer's interactions, newest first; pass the last item's position as
     ``before`` for the next page (a keyset cursor). ``customer_id`` may be an alias."""
+    return timeline_read(
+        customer_id,
+        limit=limit,
+        before=before,
+        channel=channel,
+        type=type,
+        conversation_id=conversation_id,
+        since=since,
+        until=until,
+    ).run(conn)
+
+
+def timeline_read(
+    customer_id: str,
+    *,
+    limit: int = 50,
+    before: int | None = None,
+    channel: str | None = None,
+    type: str | None = None,
+    conversation_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Read[list[TimelineItem]]:
+    """``timeline`` as a ``Read``: only the filters asked for go into the statement."""
     filters = {
         "position < %(before)s": before,
         "channel = %(channel)s": channel,
@@ -121,19 +185,20 @@ def timeline(
          LIMIT %(limit)s
         """
     ).format(conditions=sql.SQL(" ").join(conditions))
-    rows = conn.execute(
-        statement,
-        {
-            "customer": customer_id,
-            "before": before,
-            "channel": channel,
-            "type": type,
-            "conversation": conversation_id,
-            "since": since,
-            "until": until,
-            "limit": limit,
-        },
-    ).fetchall()
+    params = {
+        "customer": customer_id,
+        "before": before,
+        "channel": channel,
+        "type": type,
+        "conversation": conversation_id,
+        "since": since,
+        "until": until,
+        "limit": limit,
+    }
+    return Read(statement, params, _timeline_items)
+
+
+def _timeline_items(rows: Rows) -> list[TimelineItem]:
     return [TimelineItem(*row) for row in rows]
 
 
@@ -144,16 +209,21 @@ def find_customer(
     merges); None when nobody has that identity or id."""
     if ":" in who:
         return lookup_customer(conn, who, phone_region=phone_region)
-    customer_id = resolve_customer(conn, who)
-    row = conn.execute(
+    return find_customer_read(who).run(conn)
+
+
+def find_customer_read(customer_id: str) -> Read[str | None]:
+    """The customer a customer id stands for (merges followed), if it is known at all."""
+    return Read(
         """
-        SELECT EXISTS (SELECT FROM timeline WHERE customer_id = %(c)s)
-            OR EXISTS (SELECT FROM identities WHERE customer_id = %(c)s)
-            OR EXISTS (SELECT FROM customer_profiles WHERE customer_id = %(c)s)
+        SELECT who.id FROM (SELECT resolve_customer(%(c)s) AS id) AS who
+         WHERE EXISTS (SELECT FROM timeline WHERE customer_id = who.id)
+            OR EXISTS (SELECT FROM identities WHERE customer_id = who.id)
+            OR EXISTS (SELECT FROM customer_profiles WHERE customer_id = who.id)
         """,
         {"c": customer_id},
-    ).fetchone()
-    return customer_id if row and row[0] else None
+        _first_column,
+    )
 
 
 # Conversations ---------------------------------------------------------------------
@@ -506,9 +576,16 @@ def context(
     """The small routing context of a customer, in one query: priority, account value,
     churn risk, open conversations with their service-level state, preferred agent (as in
     ``preferred_agent``) and last contact. None when the customer is unknown."""
+    return context_read(customer_id, service_levels=service_levels, now=now).run(conn)
+
+
+def context_read(
+    customer_id: str, *, service_levels: ServiceLevels | None = None, now: datetime | None = None
+) -> Read[dict[str, Any] | None]:
+    """``context`` as a ``Read``."""
     levels = service_levels or ServiceLevels()
     targets = {channel: due.total_seconds() for channel, due in levels.first_response.items()}
-    row = conn.execute(
+    return Read(
         """
         WITH who AS (SELECT """
         + _RESOLVED
@@ -563,10 +640,14 @@ def context(
             "targets": orjson.dumps(targets).decode(),
             "now": now or datetime.now(UTC),
         },
-    ).fetchone()
-    if row is None or not row[6]:
+        _context,
+    )
+
+
+def _context(rows: Rows) -> dict[str, Any] | None:
+    if not rows or not rows[0][6]:
         return None
-    resolved, value, risk, last_contact, agent, open_conversations, _ = row
+    resolved, value, risk, last_contact, agent, open_conversations, _ = rows[0]
     return {
         "customer_id": resolved,
         "priority": priority(value, risk),

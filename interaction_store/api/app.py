@@ -8,24 +8,28 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any, Literal
 
 import psycopg
-from fastapi import Depends, FastAPI, Request
-from psycopg_pool import ConnectionPool
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from pydantic import TypeAdapter
 
 from interaction_store import db
 from interaction_store.api.metrics import Metrics
-from interaction_store.api.problems import JSON, Problem, install_problem_handlers
+from interaction_store.api.models import ProblemDetails
+from interaction_store.api.problems import JSON, install_problem_handlers
+from interaction_store.events import Event
 from interaction_store.keys import ApiKey, verify_key
 from interaction_store.policy import ServiceLevels
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.settings import Settings
 from interaction_store.store import Store
 
-__all__ = ["Service", "create_app", "require"]
+__all__ = ["Service", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +39,31 @@ KEY_CACHE_SECONDS = 5.0
 
 @dataclass
 class Service:
-    """What the request handlers share: the store, the settings, the projector."""
+    """What the request handlers share: the store (and its pool), the async pool of the hot
+    reads, the settings and the projector."""
 
     settings: Settings
     store: Store
+    reads: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     service_levels: ServiceLevels
     runner: ProjectionRunner | None = None
     _keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
 
-    def verify(self, token: str) -> ApiKey | None:
-        """The key's record, remembered for ``KEY_CACHE_SECONDS`` (a revocation takes
-        effect within that time in a running server)."""
-        now = time.monotonic()
+    def remembered_key(self, token: str) -> ApiKey | Literal[False] | None:
+        """The key's record if it was verified (or refused: None) in the last
+        ``KEY_CACHE_SECONDS``; False when it must be looked up (``verify``)."""
         cached = self._keys.get(token)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        return False
+
+    def verify(self, token: str) -> ApiKey | None:
+        """Look the key up and remember the answer (a revocation takes effect within
+        ``KEY_CACHE_SECONDS`` in a running server)."""
         key = verify_key(self.pool, token)
         if len(self._keys) > 10_000:
             self._keys.clear()
-        self._keys[token] = (key, now + KEY_CACHE_SECONDS)
+        self._keys[token] = (key, time.monotonic() + KEY_CACHE_SECONDS)
         return key
 
     @property
@@ -66,37 +76,6 @@ class Service:
             yield conn
 
 
-def service(request: Request) -> Service:
-    found: Service = request.app.state.service
-    return found
-
-
-def require(scope: str) -> Callable[..., ApiKey]:
-    """A dependency: the request's API key, which must carry ``scope`` (or ``admin``)."""
-
-    def check(request: Request, svc: Annotated[Service, Depends(service)]) -> ApiKey:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        challenge = {"WWW-Authenticate": 'Bearer realm="interaction-store"'}
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Problem(
-                401,
-                "Unauthorized",
-                "send an API key: Authorization: Bearer isk_...",
-                headers=challenge,
-            )
-        key = svc.verify(token.strip())
-        if key is None:
-            raise Problem(
-                401, "Unauthorized", "the API key is unknown or revoked", headers=challenge
-            )
-        if not key.allows(scope):
-            raise Problem(403, "Forbidden", f"this API key lacks the scope {scope}")
-        return key
-
-    return check
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -104,7 +83,8 @@ def create_app(
     projector: bool = True,
 ) -> FastAPI:
     """The service. Without ``pool`` its lifespan opens one (on the embedded server when no
-    database URL is set) and closes it; a pool handed in is never closed. With
+    database URL is set) and closes it; a pool handed in is never closed. The hot reads
+    (lookup, context, timeline) get an async pool of their own on the same database. With
     ``projector`` the projections run in a thread beside the API."""
     settings = settings or Settings()
 
@@ -121,7 +101,10 @@ def create_app(
                 stack.callback(own.close)
             store = Store.from_settings(own, settings)
             stack.callback(store.close)
-            svc = Service(settings, store, settings.service_levels())
+            reads = await db.open_async_pool(
+                store.conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+            )
+            svc = Service(settings, store, reads, settings.service_levels())
             if projector:
                 svc.runner = ProjectionRunner(store, all_projections())
                 thread = threading.Thread(target=_project, args=(svc.runner,), daemon=True)
@@ -133,7 +116,10 @@ def create_app(
 
                 stack.callback(stop)
             app.state.service = svc
-            yield
+            try:
+                yield
+            finally:
+                await reads.close()
 
     app = FastAPI(
         title="interaction-store",
@@ -149,7 +135,55 @@ def create_app(
     from interaction_store.api import routes
 
     app.include_router(routes.router)
+    _document_append_bodies(app)
     return app
+
+
+def _document_append_bodies(app: FastAPI) -> None:
+    """Put the append request bodies, with every event type's schema, and the problem
+    details in the OpenAPI document (the handlers read their bodies themselves, and
+    problems are answered by exception handlers, so FastAPI cannot know either)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            events = TypeAdapter(list[Event]).json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            schemas.update(events.pop("$defs"))
+            problem = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem.pop("$defs", {}))
+            schemas["ProblemDetails"] = problem
+            batch = {**events, "minItems": 1}
+            schemas["AppendRequest"] = {
+                "type": "object",
+                "required": ["events"],
+                "properties": {"events": batch},
+            }
+            schemas["StreamAppendRequest"] = {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "events": batch,
+                    "expected_version": {
+                        "description": "any (default), no_stream, or the exact version",
+                        "anyOf": [
+                            {"enum": ["any", "no_stream"]},
+                            {"type": "integer", "minimum": 0},
+                        ],
+                    },
+                },
+            }
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _project(runner: ProjectionRunner) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interaction_store.exceptions import (
@@ -28,13 +28,11 @@ log = logging.getLogger(__name__)
 _TYPES = "https://interaction-store.dev/problems/"
 
 
-class JSON(Response):
+class JSON(JSONResponse):
     """A JSON response rendered by orjson (datetimes, UUIDs and dataclasses natively)."""
 
-    media_type = "application/json"
-
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)
 
 
 class Problem(Exception):
@@ -91,7 +89,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSON:
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem_response(Problem(exc.status_code, title, detail))
+        # Keep the exception's headers: a 405 must say which methods are allowed (Allow).
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(Problem(exc.status_code, title, detail, headers=headers))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSON:

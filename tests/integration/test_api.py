@@ -140,14 +140,36 @@ def test_errors_are_problem_details(api: Api) -> None:
     assert too_big.status_code == 413
     with api.pool.connection() as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
-    late = client.get(
+    never = client.get(
         "/v1/customers/cu-1/timeline", params={"min_position": 10**9}, headers=api.reader
     )
-    assert late.status_code == 503
-    assert late.headers["retry-after"] == "1"
-    text = missing.text + wrong_scope.text + invalid.text + late.text
+    assert never.status_code == 422  # no append was given that position: waiting cannot help
+    assert never.json()["errors"][0]["field"] == "min_position"
+    unknown = client.get("/v1/customers/cu-1/timeline?chanel=email", headers=api.reader)
+    assert unknown.status_code == 422  # a misspelt filter is not silently ignored
+    assert unknown.json()["errors"] == [
+        {"field": "chanel", "reason": "not a parameter of this endpoint"}
+    ]
+    text = missing.text + wrong_scope.text + invalid.text + never.text
     assert "Traceback" not in text
     assert "SELECT" not in text
+
+
+def test_read_your_writes_answers_503_while_the_views_are_behind(api: Api) -> None:
+    timeline = "/v1/customers/cu-1/timeline"
+    with api.pool.connection() as holder, holder.transaction():
+        # The projector cannot write timeline rows while this lock is held; reads can.
+        holder.execute("LOCK TABLE timeline IN EXCLUSIVE MODE")
+        body = append(api, [sms(1, customer_id="cu-1")])
+        late = api.client.get(
+            timeline, params={"min_position": body["position"]}, headers=api.reader
+        )
+        assert late.status_code == 503
+        assert late.headers["retry-after"] == "1"
+        assert late.json()["type"].endswith("/views-behind")
+    fresh = api.client.get(timeline, params={"min_position": body["position"]}, headers=api.reader)
+    assert fresh.status_code == 200
+    assert [i["position"] for i in fresh.json()["items"]] == [body["position"]]
 
 
 def test_a_retried_append_answers_200_with_the_same_positions(api: Api) -> None:

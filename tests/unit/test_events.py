@@ -161,3 +161,35 @@ def test_upcasting_applies_each_step_to_old_data() -> None:
     assert upcast("sms.received", 2, {"body": "hi"}, catalogue) == (2, {"body": "hi"})
     assert upcast("sms.received", 1, {"text": "hi"}) == (1, {"text": "hi"})  # v1 is current
     assert upcast("unknown.type", 1, {"x": 1}) == (1, {"x": 1})
+
+
+PROFILE = {"type": "customer.profile_updated", "occurred_at": T0.isoformat()}
+
+
+@pytest.mark.parametrize(
+    ("event", "field", "reason"),
+    [
+        ({**sms(0), "occurred_at": 1767225600}, "occurred_at", "not a number"),
+        ({**sms(0), "occurred_at": "0001-01-01T00:00:00+01:00"}, "occurred_at", "out of range"),
+        ({**PROFILE, "data": {"customer_id": "cu-1", "churn_risk": True}}, "data.churn_risk", ""),
+        (
+            {**PROFILE, "data": {"customer_id": "cu-1", "account_value": "10"}},
+            "data.account_value",
+            "",
+        ),
+        ({**sms(0), "data": {**sms(0)["data"], "text": 42}}, "data.text", ""),
+    ],
+)
+def test_values_are_taken_as_the_schema_says_not_coerced(
+    event: dict[str, Any], field: str, reason: str
+) -> None:
+    with pytest.raises(EventValidationError) as invalid:
+        parse_events([event])
+    [error] = invalid.value.errors
+    assert (error.index, error.field) == (0, field)
+    assert reason in error.reason
+
+
+def test_times_are_kept_in_utc_whatever_offset_they_came_with() -> None:
+    [event] = parse_events([{**sms(0), "occurred_at": "2026-11-02T09:00:00-19:30"}])
+    assert event.occurred_at.isoformat() == "2026-11-03T04:30:00+00:00"

@@ -1,0 +1,264 @@
+"""Appends from connectors: a batch whose streams follow from its events, or a named
+stream with an expected version; ``Idempotency-Key`` for retries of whole requests."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from interaction_store.api.app import Service
+from interaction_store.api.deps import Appender, PathId, Svc
+from interaction_store.api.models import AppendAnswer, problems
+from interaction_store.api.problems import Problem
+from interaction_store.keys import ApiKey
+from interaction_store.store import ANY, NO_STREAM, AppendResult
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["appends"])
+
+
+async def _body(request: Request, svc: Service) -> bytes:
+    """The body, once its size is known to be within the limit (413 before reading more)."""
+    limit = svc.settings.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "Payload too large", f"the body exceeds {limit:,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, "Payload too large", f"the body exceeds {limit:,} bytes")
+    return bytes(body)
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(422, "Invalid request", f"the body is not JSON: {exc}") from None
+
+
+def _events_of(payload: Any, svc: Service) -> list[Any]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
+        raise Problem(
+            422,
+            "Invalid request",
+            'the body must be {"events": [...]}',
+            errors=[{"field": "events", "reason": "required: a list of events"}],
+        )
+    events: list[Any] = payload["events"]
+    limit = svc.settings.max_batch_events
+    if not events:
+        raise Problem(422, "Invalid request", "events: the list is empty")
+    if len(events) > limit:
+        raise Problem(
+            422,
+            "Invalid request",
+            f"events: {len(events)} events; the limit is {limit}",
+            errors=[{"field": "events", "reason": f"at most {limit} events per request"}],
+        )
+    return events
+
+
+def _counted(request: Request, result: AppendResult) -> AppendResult:
+    appended = request.app.state.metrics.appended
+    appended.labels("appended").inc(result.appended)
+    appended.labels("already_present").inc(result.already_present)
+    return result
+
+
+def _append_answer(result: AppendResult) -> Response:
+    body = {
+        "events": [
+            {
+                "id": e.event_id,
+                "position": e.position,
+                "stream_id": e.stream_id,
+                "stream_version": e.stream_version,
+            }
+            for e in result.events
+        ],
+        "position": result.position,
+    }
+    status = 201 if result.appended else 200  # a retried request changes nothing
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+IDEMPOTENCY_TTL_HOURS = 24
+#: How long a retry waits for the first request with its key to finish before a 409.
+IDEMPOTENCY_WAIT = 5.0
+
+
+async def _append_once(
+    request: Request,
+    svc: Service,
+    key: ApiKey,
+    body: bytes,
+    append: Callable[[], AppendResult],
+) -> Response:
+    """Run ``append`` and answer; with an ``Idempotency-Key`` header, only once per key:
+    a retry with the same key and payload gets the first answer again (waiting for it if
+    the first is still running, up to 5 s, then 409), the same key with another payload
+    422. Keys are kept 24 hours."""
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is None:
+        return _append_answer(_counted(request, await run_in_threadpool(append)))
+    if not 1 <= len(idempotency_key) <= 255:
+        raise Problem(422, "Invalid request", "Idempotency-Key: 1 to 255 characters")
+    fingerprint = hashlib.sha256(request.url.path.encode() + b"\0" + body).digest()
+    claimed, stored = await run_in_threadpool(
+        _claim_idempotency_key, svc, key.key_id, idempotency_key, fingerprint
+    )
+    if not claimed:
+        assert stored is not None
+        if bytes(stored[0]) != fingerprint:
+            raise Problem(
+                422,
+                "Idempotency key reused",
+                "this Idempotency-Key was used with another request payload",
+            )
+        if stored[1] is None:
+            raise Problem(
+                409,
+                "Request in progress",
+                "a request with this Idempotency-Key is still being processed",
+                headers={"Retry-After": "1"},
+            )
+        return Response(bytes(stored[2]), status_code=stored[1], media_type="application/json")
+    try:
+        answer = _append_answer(_counted(request, await run_in_threadpool(append)))
+    except BaseException:
+        await run_in_threadpool(_release_idempotency_key, svc, key.key_id, idempotency_key)
+        raise
+    await run_in_threadpool(_store_idempotent_answer, svc, key.key_id, idempotency_key, answer)
+    return answer
+
+
+def _claim_idempotency_key(
+    svc: Service, key_id: str, idempotency_key: str, fingerprint: bytes
+) -> tuple[bool, tuple[Any, ...] | None]:
+    with svc.connection() as conn:
+        conn.execute(
+            "DELETE FROM idempotency_keys WHERE key_id = %s AND idempotency_key = %s"
+            " AND created_at < now() - make_interval(hours => %s)",
+            (key_id, idempotency_key, IDEMPOTENCY_TTL_HOURS),
+        )
+        inserted = conn.execute(
+            "INSERT INTO idempotency_keys (key_id, idempotency_key, fingerprint)"
+            " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (key_id, idempotency_key, fingerprint),
+        ).rowcount
+        if inserted:
+            return True, None
+    deadline = time.monotonic() + IDEMPOTENCY_WAIT
+    while True:  # the first request may still be running: wait for its answer
+        with svc.connection() as conn:  # not held while waiting: the first one needs one
+            row = conn.execute(
+                "SELECT fingerprint, status, body FROM idempotency_keys"
+                " WHERE key_id = %s AND idempotency_key = %s",
+                (key_id, idempotency_key),
+            ).fetchone()
+        if row is None:  # the first failed and let go of the key: take it
+            return _claim_idempotency_key(svc, key_id, idempotency_key, fingerprint)
+        if row[1] is not None or bytes(row[0]) != fingerprint:
+            return False, row
+        if time.monotonic() >= deadline:
+            return False, row
+        time.sleep(0.01)
+
+
+def _release_idempotency_key(svc: Service, key_id: str, idempotency_key: str) -> None:
+    """The first request failed: a retry may try again."""
+    with svc.connection() as conn:
+        conn.execute(
+            "DELETE FROM idempotency_keys WHERE key_id = %s AND idempotency_key = %s"
+            " AND status IS NULL",
+            (key_id, idempotency_key),
+        )
+
+
+def _store_idempotent_answer(
+    svc: Service, key_id: str, idempotency_key: str, answer: Response
+) -> None:
+    with svc.connection() as conn:
+        conn.execute(
+            "UPDATE idempotency_keys SET status = %s, body = %s"
+            " WHERE key_id = %s AND idempotency_key = %s",
+            (answer.status_code, bytes(answer.body), key_id, idempotency_key),
+        )
+
+
+def _body_of(schema: str) -> dict[str, Any]:
+    """The request body in the OpenAPI document (the handler reads and checks it itself,
+    so that an oversized body is refused before it is parsed)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
+
+
+_APPENDED = {
+    201: {"model": AppendAnswer, "description": "Appended."},
+    200: {"model": AppendAnswer, "description": "Every event was stored already (a retry)."},
+    **problems(401, 403, 409, 413, 422),
+}
+
+
+@router.post(
+    "/v1/events",
+    status_code=201,
+    response_model=None,
+    responses=_APPENDED,
+    openapi_extra=_body_of("AppendRequest"),
+)
+async def append_events(request: Request, svc: Svc, key: Appender) -> Response:
+    """Append a batch (``{"events": [...]}``), atomically. Each event's stream is derived
+    from its data. 201 with the positions; 200 when every event was stored already.
+    ``Idempotency-Key`` makes a retried request answer exactly as the first did."""
+    body = await _body(request, svc)
+    events = _events_of(_parse(body), svc)
+    return await _append_once(request, svc, key, body, lambda: svc.store.append_batch(events))
+
+
+@router.post(
+    "/v1/streams/{stream_id}/events",
+    status_code=201,
+    response_model=None,
+    responses=_APPENDED,
+    openapi_extra=_body_of("StreamAppendRequest"),
+)
+async def append_to_stream(
+    request: Request, svc: Svc, key: Appender, stream_id: PathId
+) -> Response:
+    """Append to a named stream. ``expected_version``: ``any`` (default), ``no_stream`` or
+    the stream's exact current version; a mismatch answers 409."""
+    body = await _body(request, svc)
+    payload = _parse(body)
+    events = _events_of(payload, svc)
+    raw = payload.get("expected_version", "any")
+    expected: Any
+    if raw == "any":
+        expected = ANY
+    elif raw == "no_stream":
+        expected = NO_STREAM
+    elif isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        expected = raw
+    else:
+        raise Problem(
+            422,
+            "Invalid request",
+            "expected_version: any, no_stream or a version (0 or more)",
+            errors=[{"field": "expected_version", "reason": "any, no_stream or an integer ≥ 0"}],
+        )
+    return await _append_once(
+        request, svc, key, body, lambda: svc.store.append(stream_id, events, expected)
+    )
