@@ -15,7 +15,7 @@ help:
 	@echo "make run      serve the API and projections on 127.0.0.1:8000, embedded PostgreSQL, demo data"
 	@echo "make test     lint, type-check and run the whole test suite"
 	@echo "make schemas  regenerate schemas/ from the event models"
-	@echo "make bench    run the benchmarks (bench/append.py, bench/projections.py)"
+	@echo "make bench    run the benchmarks (bench/append.py, bench/projections.py, bench/api.py)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.x")'
@@ -46,6 +46,7 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/append.py
 	$(BIN)/python bench/projections.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
