@@ -83,13 +83,12 @@ async def known_query_parameters(request: Request) -> None:
         )
 
 
-_known: dict[int, frozenset[str]] = {}  # by id(route): routes live as long as their app
-
-
 def _query_parameters(route: APIRoute) -> frozenset[str]:
-    found = _known.get(id(route))
+    # Worked out once per route and kept on it (routes are not hashable).
+    found: frozenset[str] | None = getattr(route, "_interaction_store_query", None)
     if found is None:
-        found = _known[id(route)] = _walk_query_parameters(route)
+        found = _walk_query_parameters(route)
+        route._interaction_store_query = found  # type: ignore[attr-defined]
     return found
 
 
