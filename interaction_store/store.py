@@ -472,7 +472,13 @@ class Store:
                     FieldError(index, f"data.{_nul_path(data)}", "contains a NUL character")
                 )
                 continue
-            metadata = _stored_json(model.metadata.model_dump(mode="json", exclude_none=True))
+            meta = model.metadata.model_dump(mode="json", exclude_none=True)
+            metadata = _stored_json(meta)
+            if b"\\u0000" in metadata:  # PostgreSQL's jsonb cannot hold one
+                errors.append(
+                    FieldError(index, f"metadata.{_nul_path(meta)}", "contains a NUL character")
+                )
+                continue
             prepared.append(
                 _Prepared(
                     stream_id=stream_id,
@@ -925,7 +931,10 @@ def _nul_path(value: Any, path: str = "") -> str:
         else ()
     )
     for key, item in items:
-        found = _nul_path(item, f"{path}.{key}" if path else str(key))
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return here.replace("\x00", "\\u0000")  # a key holding one: name it printably
+        found = _nul_path(item, here)
         if found:
             return found
     return ""

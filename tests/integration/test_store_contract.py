@@ -272,6 +272,8 @@ def test_checkpoint_string_form_round_trips() -> None:
         ),
         ({**sms(1), "data": {**sms(1)["data"], "colour": "red"}}, "data.colour", "unknown field"),
         ({**sms(1), "data": {**sms(1)["data"], "text": "a\x00b"}}, "data.text", "NUL"),
+        ({**sms(1), "metadata": {"actor": "a\x00b"}}, "metadata.actor", "NUL"),
+        ({**sms(1), "metadata": {"note": {"k\x00": 1}}}, "metadata.note.k\\u0000", "NUL"),
         (
             {**sms(1), "data": {**sms(1)["data"], "text": "x" * (1024 * 1024 + 1)}},
             "data",
@@ -289,6 +291,8 @@ def test_checkpoint_string_form_round_trips() -> None:
         "bad-contact-kind",
         "unknown-field",
         "nul",
+        "nul-in-metadata",
+        "nul-in-a-metadata-key",
         "oversized",
     ],
 )
