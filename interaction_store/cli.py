@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from interaction_store import db, keys, views
+from interaction_store.connectors.email import EmailSource, MalformedEmail, email_event
 from interaction_store.demo import generate, story
 from interaction_store.embedded import EmbeddedPostgres
 from interaction_store.events import parse_events
@@ -36,6 +37,7 @@ from interaction_store.exceptions import (
     EventValidationError,
     InteractionStoreError,
 )
+from interaction_store.mailfiles import count_messages, read_messages
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.rebuild import RebuildError, rebuild
 from interaction_store.projections.runner import DeadLetterError
@@ -223,6 +225,90 @@ def _append_lines(store: Store, lines: list[tuple[int, Any]], tally: Tally) -> N
         tally.appended += result.appended
         tally.already_present += result.already_present
         return
+
+
+@cli.group(name="import")
+def import_group() -> None:
+    """Import interactions from the files other systems write."""
+
+
+@import_group.command(name="email")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--mailbox",
+    help="Mailbox name in each message's identity. Default: INTERACTION_STORE_EMAIL_MAILBOX"
+    " (support). Use the same one for every feed of a mailbox.",
+)
+@click.option(
+    "--support-address",
+    "support",
+    multiple=True,
+    help="One of our addresses (repeatable; adds to INTERACTION_STORE_SUPPORT_ADDRESSES):"
+    " mail from it is email.sent.",
+)
+@click.option(
+    "--batch-size",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Messages per atomic append.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def import_email(
+    obj: Context,
+    path: Path,
+    mailbox: str | None,
+    support: tuple[str, ...],
+    batch_size: int,
+    quiet: bool,
+) -> None:
+    """Import mail from PATH: an .eml file, a folder of them, a Maildir or an mbox file.
+
+    Each message becomes email.received (from a customer) or email.sent (from one of the
+    support addresses), threaded by its References. Importing the same mail again adds
+    nothing. A message that cannot be read is reported and the import goes on; the exit
+    status is 1 if any was rejected.
+
+    \b
+    Example:
+      interaction-store import email ~/Mail/support.mbox --support-address help@acme.example
+    """
+    settings = obj.settings
+    source = EmailSource(
+        mailbox=mailbox or settings.email_mailbox,
+        support_addresses=[*settings.support_address_list(), *(a.lower() for a in support)],
+    )
+    tally = Tally()
+    labels: dict[int, str] = {}
+    with (
+        obj.store() as store,
+        _progress(quiet, count_messages(path), "importing") as (
+            progress,
+            task,
+        ),
+    ):
+        batch: list[tuple[int, Any]] = []
+        for number, (label, raw) in enumerate(read_messages(path), start=1):
+            progress.advance(task)
+            labels[number] = label
+            try:
+                batch.append((number, email_event(raw, source)))
+            except (MalformedEmail, ValueError, LookupError) as exc:
+                tally.rejected.append((number, str(exc)))
+                continue
+            if len(batch) >= batch_size:
+                _append_lines(store, batch, tally)
+                batch = []
+        if batch:
+            _append_lines(store, batch, tally)
+    for number, reason in tally.rejected[:50]:
+        err.print(f"{labels[number]}: {reason}", markup=False)
+    if len(tally.rejected) > 50:
+        err.print(f"... and {len(tally.rejected) - 50} more rejected messages")
+    click.echo(tally.summary())
+    if tally.rejected:
+        sys.exit(1)
 
 
 def _size_of(source: IO[bytes]) -> int | None:

@@ -55,6 +55,21 @@ class Settings(BaseSettings):
         " channels left out keep their default).",
     )
 
+    support_addresses: str = Field(
+        default="",
+        description="Our own email addresses (comma-separated): mail from one of them is"
+        " email.sent, any other email.received.",
+    )
+    email_mailbox: str = Field(
+        default="support",
+        min_length=1,
+        description="The mailbox name in each message's identity (mailbox, Message-ID): keep"
+        " it the same for every feed of one mailbox, so a message is stored once.",
+    )
+    email_connector: bool = Field(
+        default=True, description="Take mail at POST /v1/connectors/email/inbound."
+    )
+
     @field_validator("first_response")
     @classmethod
     def _valid_service_levels(cls, value: str) -> str:
@@ -63,3 +78,6 @@ class Settings(BaseSettings):
 
     def service_levels(self) -> ServiceLevels:
         return ServiceLevels.parse(self.first_response)
+
+    def support_address_list(self) -> list[str]:
+        return [a.strip().lower() for a in self.support_addresses.split(",") if a.strip()]

@@ -135,6 +135,10 @@ def create_app(
     from interaction_store.api import routes
 
     app.include_router(routes.router)
+    if settings.email_connector:
+        from interaction_store.api.routes import connectors
+
+        app.include_router(connectors.router, dependencies=routes.router.dependencies)
     _document_append_bodies(app)
     return app
 

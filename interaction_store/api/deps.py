@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Query, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from interaction_store.api.app import Service
@@ -31,7 +30,6 @@ __all__ = [
     "Fresh",
     "PathId",
     "Reader",
-    "StorableText",
     "Svc",
     "known_query_parameters",
     "require",
@@ -44,8 +42,6 @@ __all__ = [
 MAX_POSITION = 2**63 - 1
 #: Text PostgreSQL can store: anything but the NUL character.
 _STORABLE = r"^[^\x00]*$"
-#: Text PostgreSQL can store, as the items of a list parameter.
-StorableText = Annotated[str, StringConstraints(max_length=1000, pattern=_STORABLE)]
 #: A customer, conversation or stream id in a path.
 PathId = Annotated[str, Path(min_length=1, max_length=250, pattern=_STORABLE)]
 

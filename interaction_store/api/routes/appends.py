@@ -19,12 +19,12 @@ from interaction_store.api.problems import Problem
 from interaction_store.keys import ApiKey
 from interaction_store.store import ANY, NO_STREAM, AppendResult
 
-__all__ = ["router"]
+__all__ = ["APPENDED", "append_answer", "counted", "read_body", "router"]
 
 router = APIRouter(tags=["appends"])
 
 
-async def _body(request: Request, svc: Service) -> bytes:
+async def read_body(request: Request, svc: Service) -> bytes:
     """The body, once its size is known to be within the limit (413 before reading more)."""
     limit = svc.settings.max_request_bytes
     declared = request.headers.get("content-length")
@@ -67,14 +67,14 @@ def _events_of(payload: Any, svc: Service) -> list[Any]:
     return events
 
 
-def _counted(request: Request, result: AppendResult) -> AppendResult:
+def counted(request: Request, result: AppendResult) -> AppendResult:
     appended = request.app.state.metrics.appended
     appended.labels("appended").inc(result.appended)
     appended.labels("already_present").inc(result.already_present)
     return result
 
 
-def _append_answer(result: AppendResult) -> Response:
+def append_answer(result: AppendResult) -> Response:
     body = {
         "events": [
             {
@@ -109,7 +109,7 @@ async def _append_once(
     422. Keys are kept 24 hours."""
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:
-        return _append_answer(_counted(request, await run_in_threadpool(append)))
+        return append_answer(counted(request, await run_in_threadpool(append)))
     if not 1 <= len(idempotency_key) <= 255:
         raise Problem(422, "Invalid request", "Idempotency-Key: 1 to 255 characters")
     fingerprint = hashlib.sha256(request.url.path.encode() + b"\0" + body).digest()
@@ -133,7 +133,7 @@ async def _append_once(
             )
         return Response(bytes(stored[2]), status_code=stored[1], media_type="application/json")
     try:
-        answer = _append_answer(_counted(request, await run_in_threadpool(append)))
+        answer = append_answer(counted(request, await run_in_threadpool(append)))
     except BaseException:
         await run_in_threadpool(_release_idempotency_key, svc, key.key_id, idempotency_key)
         raise
@@ -206,7 +206,7 @@ def _body_of(schema: str) -> dict[str, Any]:
     }
 
 
-_APPENDED = {
+APPENDED = {
     201: {"model": AppendAnswer, "description": "Appended."},
     200: {"model": AppendAnswer, "description": "Every event was stored already (a retry)."},
     **problems(401, 403, 409, 413, 422),
@@ -217,14 +217,14 @@ _APPENDED = {
     "/v1/events",
     status_code=201,
     response_model=None,
-    responses=_APPENDED,
+    responses=APPENDED,
     openapi_extra=_body_of("AppendRequest"),
 )
 async def append_events(request: Request, svc: Svc, key: Appender) -> Response:
     """Append a batch (``{"events": [...]}``), atomically. Each event's stream is derived
     from its data. 201 with the positions; 200 when every event was stored already.
     ``Idempotency-Key`` makes a retried request answer exactly as the first did."""
-    body = await _body(request, svc)
+    body = await read_body(request, svc)
     events = _events_of(_parse(body), svc)
     return await _append_once(request, svc, key, body, lambda: svc.store.append_batch(events))
 
@@ -233,7 +233,7 @@ async def append_events(request: Request, svc: Svc, key: Appender) -> Response:
     "/v1/streams/{stream_id}/events",
     status_code=201,
     response_model=None,
-    responses=_APPENDED,
+    responses=APPENDED,
     openapi_extra=_body_of("StreamAppendRequest"),
 )
 async def append_to_stream(
@@ -241,7 +241,7 @@ async def append_to_stream(
 ) -> Response:
     """Append to a named stream. ``expected_version``: ``any`` (default), ``no_stream`` or
     the stream's exact current version; a mismatch answers 409."""
-    body = await _body(request, svc)
+    body = await read_body(request, svc)
     payload = _parse(body)
     events = _events_of(payload, svc)
     raw = payload.get("expected_version", "any")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from interaction_store import views
@@ -15,17 +17,23 @@ from interaction_store.api.deps import (
     Fresh,
     PathId,
     Reader,
-    StorableText,
     Svc,
 )
 from interaction_store.api.models import ConversationAnswer, LogPage, StreamPage, problems
 from interaction_store.api.problems import JSON, Problem
 from interaction_store.api.routes.customers import conversation_json
+from interaction_store.events import CATALOGUE
 from interaction_store.store import Checkpoint, RecordedEvent
 
 __all__ = ["router"]
 
 router = APIRouter()
+
+#: A type of the event catalogue (a misspelt one is refused, not matched by nothing).
+EventType = Annotated[
+    str,
+    StringConstraints(pattern="^(" + "|".join(re.escape(t) for t in sorted(CATALOGUE)) + ")$"),
+]
 
 
 @router.get(
@@ -99,7 +107,9 @@ async def read_log(
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    types: Annotated[list[StorableText] | None, Query(description="event types to keep")] = None,
+    types: Annotated[
+        list[EventType] | None, Query(description="event types to keep (repeatable)")
+    ] = None,
 ) -> JSON:
     """The whole log in commit-safe order; continue from ``next`` (gap-safe)."""
     try:
