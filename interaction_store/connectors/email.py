@@ -25,10 +25,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.headerregistry import Address
+from email.header import decode_header, make_header
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
-from email.utils import getaddresses
+from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = ["EmailSource", "MalformedEmail", "email_event", "html_to_text", "thre
 MAX_BODY_CHARS = 200_000
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+_CHARSET = re.compile(r"""charset\s*=\s*"?([A-Za-z0-9_.:+-]+)""", re.IGNORECASE)
 
 
 class MalformedEmail(ValueError):
@@ -62,11 +63,11 @@ def email_event(
     """The event for one message (``raw``: its bytes as stored or received)."""
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
-    sender = _first_address(message, "from")
+    headers = _Headers(message)
+    sender = next(iter(headers.addresses("from")), None)
     if sender is None:
         raise MalformedEmail("the message has no From address")
-    to = _addresses(message, "to")
-    cc = _addresses(message, "cc")
+    to, cc = headers.addresses("to"), headers.addresses("cc")
     outbound = source.ours(sender)
     if outbound:
         customer = next((a for a in [*to, *cc] if not source.ours(a)), None)
@@ -74,13 +75,13 @@ def email_event(
             raise MalformedEmail("a message from a support address to no customer")
     else:
         customer = sender
-    message_id = _message_id(message) or _digest_id(raw)
+    message_id = headers.message_id() or _digest_id(raw)
     body, attachments = _content(message)
     data: dict[str, Any] = {
         "contact": {"kind": "email", "value": customer},
         "external_id": f"{source.mailbox}:{message_id}",
-        "thread_key": thread_root(message) or message_id,
-        "subject": _header(message, "subject")[:998],
+        "thread_key": headers.thread_root() or message_id,
+        "subject": headers.text("subject")[:998],
         "body": body,
         "to": to,
         "cc": cc,
@@ -89,7 +90,7 @@ def email_event(
     }
     return {
         "type": "email.sent" if outbound else "email.received",
-        "occurred_at": _sent_at(message, now).isoformat(),
+        "occurred_at": (headers.date() or now()).astimezone(UTC).isoformat(),
         "data": data,
         "metadata": {"connector": "email"},
     }
@@ -98,11 +99,60 @@ def email_event(
 def thread_root(message: EmailMessage) -> str | None:
     """The Message-ID the thread started with: the first of ``References``, else
     ``In-Reply-To``; None for a message that starts a thread."""
-    for name in ("references", "in-reply-to"):
-        found: list[str] = _MESSAGE_ID.findall(_header(message, name))
-        if found:
-            return found[0]
-    return None
+    return _Headers(message).thread_root()
+
+
+class _Headers:
+    """A message's headers, each read once from its raw value.
+
+    The modern policy parses a header again on every access, and a message is asked for
+    the same few many times; the stdlib's plain parsers are enough for addresses, dates
+    and ids, and encoded words are decoded where text is shown (the subject).
+    """
+
+    def __init__(self, message: EmailMessage) -> None:
+        self._raw: dict[str, list[str]] = {}
+        for name, value in message.raw_items():
+            self._raw.setdefault(name.lower(), []).append(str(value))
+
+    def _first(self, name: str) -> str:
+        values = self._raw.get(name)
+        return values[0].strip() if values else ""
+
+    def text(self, name: str) -> str:
+        value = self._first(name)
+        try:
+            return " ".join(str(make_header(decode_header(value))).split())
+        except (ValueError, LookupError, UnicodeError):  # a broken encoded word: as it came
+            return " ".join(value.split())
+
+    def addresses(self, name: str) -> list[str]:
+        found = getaddresses(self._raw.get(name, []))
+        return [addr.lower() for _, addr in found if "@" in addr and " " not in addr]
+
+    def message_id(self) -> str | None:
+        found: list[str] = _MESSAGE_ID.findall(self._first("message-id"))
+        return found[0] if found else None
+
+    def thread_root(self) -> str | None:
+        for name in ("references", "in-reply-to"):
+            found: list[str] = _MESSAGE_ID.findall(self._first(name))
+            if found:
+                return found[0]
+        return None
+
+    def date(self) -> datetime | None:
+        try:
+            sent = parsedate_to_datetime(self._first("date"))
+        except (TypeError, ValueError, IndexError):
+            return None
+        if sent.tzinfo is None:  # "-0000": the time is UTC but its zone unknown
+            return None
+        try:
+            sent.astimezone(UTC)
+        except OverflowError:
+            return None
+        return sent
 
 
 def html_to_text(markup: str) -> str:
@@ -141,78 +191,70 @@ class _TextOfHtml(HTMLParser):
             self.parts.append(data)
 
 
-def _header(message: EmailMessage, name: str) -> str:
-    try:
-        value = message.get(name)
-    except (ValueError, IndexError, TypeError):  # a header the policy cannot parse
-        value = message.get_all(name, [""])[0] if name in message else None
-    return str(value).strip() if value is not None else ""
-
-
-def _addresses(message: EmailMessage, name: str) -> list[str]:
-    try:
-        header = message.get(name)
-        groups = getattr(header, "addresses", None)
-    except (ValueError, IndexError, TypeError):
-        groups = None
-    if groups is not None:
-        found = [a.addr_spec for a in groups if isinstance(a, Address) and "@" in a.addr_spec]
-    else:  # fall back on the lenient parser for headers the policy refused
-        found = [addr for _, addr in getaddresses(message.get_all(name, [])) if "@" in addr]
-    return [a.lower() for a in found]
-
-
-def _first_address(message: EmailMessage, name: str) -> str | None:
-    found = _addresses(message, name)
-    return found[0] if found else None
-
-
-def _message_id(message: EmailMessage) -> str | None:
-    found: list[str] = _MESSAGE_ID.findall(_header(message, "message-id"))
-    return found[0] if found else None
-
-
 def _digest_id(raw: bytes) -> str:
     return f"<sha256-{hashlib.sha256(raw).hexdigest()}@digest.invalid>"
 
 
-def _sent_at(message: EmailMessage, now: Callable[[], datetime]) -> datetime:
-    try:
-        header = message.get("date")
-        sent = getattr(header, "datetime", None)
-    except (ValueError, IndexError, TypeError):
-        sent = None
-    if not isinstance(sent, datetime) or sent.tzinfo is None:
-        return now()
-    return sent.astimezone(UTC)
-
-
 def _content(message: EmailMessage) -> tuple[str, list[dict[str, Any]]]:
-    """The body as text, and the attachments by name, type and size."""
-    body = ""
-    part = message.get_body(preferencelist=("plain", "html"))
-    if part is not None:
-        text = _text_of(part)
-        body = html_to_text(text) if part.get_content_subtype() == "html" else text.strip()
+    """The body as text, and the attachments by name, type and size, in one walk.
+
+    The body is the first ``text/plain`` part that is not an attachment, else the first
+    ``text/html`` one stripped to text (what ``get_body`` picks, without parsing each
+    part's headers again at every step).
+    """
+    plain: MIMEPart | None = None
+    markup: MIMEPart | None = None
     attachments = []
-    for attachment in message.iter_attachments():
-        assert isinstance(attachment, EmailMessage)
-        payload = attachment.get_payload(decode=True)
-        attachments.append(
-            {
-                "name": (attachment.get_filename() or "unnamed")[:998],
-                "content_type": attachment.get_content_type()[:255],
-                "size": len(payload) if isinstance(payload, bytes) else 0,
-            }
-        )
+    for part in message.walk():
+        content_type, attached = _kind_of(part)
+        if content_type.startswith("multipart/"):
+            continue
+        if not attached and content_type == "text/plain" and plain is None:
+            plain = part
+        elif not attached and content_type == "text/html" and markup is None:
+            markup = part
+        elif attached or not content_type.startswith("text/"):
+            payload = part.get_payload(decode=True)
+            attachments.append(
+                {
+                    "name": (part.get_filename() or "unnamed")[:998],
+                    "content_type": content_type[:255],
+                    "size": len(payload) if isinstance(payload, bytes) else 0,
+                }
+            )
+    if plain is not None:
+        body = _text_of(plain).strip()
+    elif markup is not None:
+        body = html_to_text(_text_of(markup))
+    else:
+        body = ""
     return body[:MAX_BODY_CHARS], attachments
 
 
+def _kind_of(part: MIMEPart) -> tuple[str, bool]:
+    """A part's content type (lower case; text/plain by default) and whether it is an
+    attachment, read from the raw headers."""
+    content_type, disposition = "text/plain", ""
+    for name, value in part.raw_items():
+        lowered = name.lower()
+        if lowered == "content-type":
+            content_type = str(value).split(";", 1)[0].strip().lower() or "text/plain"
+        elif lowered == "content-disposition":
+            disposition = str(value).split(";", 1)[0].strip().lower()
+    return content_type, disposition == "attachment"
+
+
 def _text_of(part: MIMEPart) -> str:
+    """A text part's content, decoded with its charset (unknown or lying charsets are
+    decoded as UTF-8, with replacement characters where it fails)."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    content_type = next((str(v) for n, v in part.raw_items() if n.lower() == "content-type"), "")
+    charset = _CHARSET.search(content_type)
+    name = charset.group(1) if charset else "utf-8"
     try:
-        content = part.get_content()
-    except (LookupError, ValueError):  # an unknown or lying charset: decode what is there
-        payload = part.get_payload(decode=True)
-        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-    text = content if isinstance(content, str) else ""
+        text = payload.decode(name, "replace")
+    except LookupError:
+        text = payload.decode("utf-8", "replace")
     return text.replace("\x00", "")  # PostgreSQL cannot store a NUL
