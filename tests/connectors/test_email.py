@@ -174,3 +174,28 @@ def test_a_huge_body_is_cut() -> None:
 def test_a_mail_that_cannot_be_attributed_is_refused(raw: bytes) -> None:
     with pytest.raises(MalformedEmail):
         email_event(raw, SOURCE, now=clock)
+
+
+def test_broken_encodings_are_read_as_well_as_they_can_be() -> None:
+    raw = (
+        b"From: sam@example.com\r\nTo: help@acme.example\r\nMessage-ID: <enc@x.example>\r\n"
+        b"Subject: =?x-no-such-charset?q?caf=E9?=\r\nDate: Mon, 30 Nov 2026 09:00:00 -0000\r\n"
+        b"Content-Type: text/plain; charset=x-no-such-charset\r\n\r\ncaf\xc3\xa9 \xff\r\n"
+    )
+    event = email_event(raw, SOURCE, now=clock)
+    assert event["data"]["subject"] == "=?x-no-such-charset?q?caf=E9?="  # kept as it came
+    assert event["data"]["body"] == "café \ufffd"
+    assert event["occurred_at"] == NOW.isoformat()  # -0000: a time without a known zone
+    parse_events([event])
+
+
+def test_a_mail_with_a_plain_and_an_html_part_keeps_the_plain_one() -> None:
+    raw = (
+        b"From: sam@example.com\r\nMessage-ID: <alt@x.example>\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/alternative; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>the <i>html</i></p>\r\n"
+        b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nthe text\r\n--B--\r\n"
+    )
+    data = email_event(raw, SOURCE, now=clock)["data"]
+    assert data["body"] == "the text"
+    assert data["attachments"] == []
