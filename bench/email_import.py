@@ -36,10 +36,29 @@ from interaction_store.db import migrate
 from interaction_store.embedded import EmbeddedPostgres
 
 SUPPORT = "help@acme.example"
-WORDS = (
-    "order invoice delivery refund account password subscription parcel courier address"
-    " payment card warranty replacement broken missing late cancel upgrade plan contract"
-).split()
+WORDS = [
+    "order",
+    "invoice",
+    "delivery",
+    "refund",
+    "account",
+    "password",
+    "subscription",
+    "parcel",
+    "courier",
+    "address",
+    "payment",
+    "card",
+    "warranty",
+    "replacement",
+    "broken",
+    "missing",
+    "late",
+    "cancel",
+    "upgrade",
+    "plan",
+    "contract",
+]
 
 
 def write_mbox(path: Path, count: int, seed: int = 1) -> None:

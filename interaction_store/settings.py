@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from interaction_store.policy import ServiceLevels
@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     )
     email_connector: bool = Field(
         default=True, description="Take mail at POST /v1/connectors/email/inbound."
+    )
+
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        description="The Twilio account's auth token: checks X-Twilio-Signature. Unset: the"
+        " Twilio routes are off.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The base URL webhooks reach this service at (https://store.example.com),"
+        " when a proxy stands in front: signatures cover the URL the sender used.",
     )
 
     @field_validator("first_response")

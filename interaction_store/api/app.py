@@ -139,6 +139,10 @@ def create_app(
         from interaction_store.api.routes import connectors
 
         app.include_router(connectors.router, dependencies=routes.router.dependencies)
+    if settings.twilio_auth_token is not None:
+        from interaction_store.api.routes import connectors
+
+        app.include_router(connectors.twilio_router)
     _document_append_bodies(app)
     return app
 
