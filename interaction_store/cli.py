@@ -292,14 +292,18 @@ def import_email(
         ),
     ):
         batch: list[tuple[int, Any]] = []
+        seen: dict[str, tuple[int, bytes]] = {}
         for number, (label, raw) in enumerate(read_messages(path), start=1):
             progress.advance(task)
             labels[number] = label
             try:
-                batch.append((number, email_event(raw, source)))
+                event = email_event(raw, source)
             except (MalformedEmail, ValueError, LookupError) as exc:
                 tally.rejected.append((number, str(exc)))
                 continue
+            if not _first_reading(seen, number, event, tally):
+                continue
+            batch.append((number, event))
             if len(batch) >= batch_size:
                 _append_lines(store, batch, tally)
                 batch = []
@@ -361,6 +365,7 @@ def import_cdr(
         _progress(quiet, _lines_in(path), "importing") as (progress, task),
     ):
         batch: list[tuple[int, Any]] = []
+        seen: dict[str, tuple[int, bytes]] = {}
         for number, row in enumerate(csv.reader(rows), start=1):
             progress.advance(task)
             if not row:
@@ -373,6 +378,8 @@ def import_cdr(
             if event is None:
                 skipped += 1
                 continue
+            if not _first_reading(seen, number, event, tally):
+                continue
             batch.append((number, event))
             if len(batch) >= 500:
                 _append_lines(store, batch, tally)
@@ -384,6 +391,24 @@ def import_cdr(
     click.echo(f"{tally.summary()}, internal calls skipped {skipped}")
     if tally.rejected:
         sys.exit(1)
+
+
+def _first_reading(
+    seen: dict[str, tuple[int, bytes]], number: int, event: dict[str, Any], tally: Tally
+) -> bool:
+    """False for an event this import already read (the same message twice in one file:
+    counted as already present, or rejected if its content differs)."""
+    key = str(event["data"]["external_id"])
+    content = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    if key not in seen:
+        seen[key] = (number, content)
+        return True
+    first, earlier = seen[key]
+    if earlier == content:
+        tally.already_present += 1
+    else:
+        tally.rejected.append((number, f"reuses the id of entry {first} with other content"))
+    return False
 
 
 def _lines_in(path: Path) -> int:

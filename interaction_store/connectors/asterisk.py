@@ -12,8 +12,9 @@ zone that is.
 - Status: ``ANSWERED`` is answered with its ``billsec``, unless the last application was
   ``VoiceMail`` (a voicemail); ``NO ANSWER``, ``BUSY``, ``FAILED`` and ``CONGESTION`` are
   missed.
-- Identity: the ``uniqueid`` when the record has one, else a digest of the whole row, so
-  importing the same file twice adds nothing.
+- Identity: the ``uniqueid`` (when the record has one) with a digest of the whole row,
+  since one call can leave several records with one uniqueid; importing the same file
+  twice adds nothing.
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ def cdr_event(row: Sequence[str], source: CdrSource) -> dict[str, Any] | None:
     else:
         raise MalformedCdr(f"disposition {record['disposition']!r} is not one Asterisk writes")
     started = _local_time(record["start"], "start", source.timezone)
-    external = record.get("uniqueid") or (
-        "cdr-" + hashlib.sha256("\x1f".join(row).encode()).hexdigest()[:32]
-    )
+    # One call can leave several records with one uniqueid (transfers, queue legs): the
+    # digest of the row tells them apart, and is the same when the file is read again.
+    digest = hashlib.sha256("\x1f".join(row).encode()).hexdigest()[:24]
+    external = f"{record['uniqueid']}-{digest}" if record.get("uniqueid") else f"cdr-{digest}"
     data: dict[str, Any] = {
         "direction": "outbound" if outbound else "inbound",
         "contact": {"kind": "phone", "value": dst if outbound else src},

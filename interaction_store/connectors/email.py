@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -113,7 +113,7 @@ class _Headers:
     def __init__(self, message: EmailMessage) -> None:
         self._raw: dict[str, list[str]] = {}
         for name, value in message.raw_items():
-            self._raw.setdefault(name.lower(), []).append(str(value))
+            self._raw.setdefault(name.lower(), []).append(_eight_bit(str(value)))
 
     def _first(self, name: str) -> str:
         values = self._raw.get(name)
@@ -142,17 +142,31 @@ class _Headers:
         return None
 
     def date(self) -> datetime | None:
-        try:
-            sent = parsedate_to_datetime(self._first("date"))
-        except (TypeError, ValueError, IndexError):
-            return None
-        if sent.tzinfo is None:  # "-0000": the time is UTC but its zone unknown
-            return None
-        try:
-            sent.astimezone(UTC)
-        except OverflowError:
-            return None
-        return sent
+        """When it was sent: ``Date``, else the newest ``Received`` stamp (a relay's), so
+        that the same message read twice has the same time."""
+        received = (value.rpartition(";")[2] for value in self._raw.get("received", []))
+        for text in (self._first("date"), *received):
+            try:
+                sent = parsedate_to_datetime(text.strip())
+                if sent.tzinfo is None:  # "-0000": the time is in UTC, the zone unknown
+                    sent = sent.replace(tzinfo=UTC)
+                return sent.astimezone(UTC)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                continue
+        return None
+
+
+def _eight_bit(value: str) -> str:
+    """A header value as text: raw 8-bit bytes (UTF-8 in headers, RFC 6532, or a legacy
+    charset) come from the parser as surrogate escapes; decode them as UTF-8, else
+    Latin-1, so that nothing unencodable reaches the event."""
+    if value.isascii() or not any("\udc80" <= c <= "\udcff" for c in value):
+        return value
+    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def html_to_text(markup: str) -> str:
@@ -205,21 +219,22 @@ def _content(message: EmailMessage) -> tuple[str, list[dict[str, Any]]]:
     plain: MIMEPart | None = None
     markup: MIMEPart | None = None
     attachments = []
-    for part in message.walk():
-        content_type, attached = _kind_of(part)
-        if content_type.startswith("multipart/"):
-            continue
+    for part, content_type, attached in _leaves(message):
         if not attached and content_type == "text/plain" and plain is None:
             plain = part
         elif not attached and content_type == "text/html" and markup is None:
             markup = part
         elif attached or not content_type.startswith("text/"):
             payload = part.get_payload(decode=True)
+            try:
+                filename = part.get_filename()
+            except (LookupError, UnicodeError, ValueError):  # a filename in a bad charset
+                filename = None
             attachments.append(
                 {
-                    "name": (part.get_filename() or "unnamed")[:998],
+                    "name": (filename or "unnamed")[:998],
                     "content_type": content_type[:255],
-                    "size": len(payload) if isinstance(payload, bytes) else 0,
+                    "size": len(payload) if isinstance(payload, bytes) else _size_of(part),
                 }
             )
     if plain is not None:
@@ -229,6 +244,27 @@ def _content(message: EmailMessage) -> tuple[str, list[dict[str, Any]]]:
     else:
         body = ""
     return body[:MAX_BODY_CHARS], attachments
+
+
+def _leaves(part: MIMEPart) -> Iterator[tuple[MIMEPart, str, bool]]:
+    """The parts that hold content, with their type and whether each is an attachment. A
+    forwarded message (``message/rfc822``) is one attachment, not more parts of this one."""
+    content_type, attached = _kind_of(part)
+    if content_type.startswith("multipart/") and part.is_multipart():
+        for sub in part.iter_parts():
+            yield from _leaves(sub)
+    elif content_type.startswith("message/"):
+        yield part, content_type, True
+    else:
+        yield part, content_type, attached
+
+
+def _size_of(part: MIMEPart) -> int:
+    """The size of a part with no payload of its own to decode (a forwarded message)."""
+    try:
+        return len(part.as_bytes())  # with the part's own headers: near enough
+    except (LookupError, UnicodeError, ValueError):
+        return 0
 
 
 def _kind_of(part: MIMEPart) -> tuple[str, bool]:
@@ -255,6 +291,6 @@ def _text_of(part: MIMEPart) -> str:
     name = charset.group(1) if charset else "utf-8"
     try:
         text = payload.decode(name, "replace")
-    except LookupError:
+    except (LookupError, UnicodeError):  # unknown, or not a text codec (idna, say)
         text = payload.decode("utf-8", "replace")
     return text.replace("\x00", "")  # PostgreSQL cannot store a NUL

@@ -7,10 +7,10 @@ still ringing, a message still queued). Ids come from Twilio's: the CallSid or t
 MessageSid is the ``external_id``, so a redelivered callback is the same event.
 
 - Calls: ``completed`` is answered (its ``CallDuration``); ``busy``, ``no-answer`` and
-  ``failed`` are missed; ``canceled`` (the caller hung up first) is abandoned; an
-  inbound call that was not answered by the dialled agent (``DialCallStatus`` other
-  than completed) but left a recording is a voicemail. The customer is ``From`` on an
-  inbound call and ``To`` on an outbound one.
+  ``failed`` are missed; ``canceled`` (the caller hung up first) is abandoned. A
+  voicemail left through ``<Record>`` is reported by Twilio's recording status callback,
+  which this does not take yet. The customer is ``From`` on an inbound call and ``To``
+  on an outbound one.
 - SMS: an inbound message (``Body``, ``NumMedia``, ``MediaUrl0``...) is ``sms.received``;
   the status callback of one of ours is ``sms.sent`` once it is ``sent`` or
   ``delivered`` (both give the same event: the second is a replay). The conversation
@@ -66,7 +66,9 @@ def signature(auth_token: str, url: str, params: Sequence[tuple[str, str]]) -> s
 def signature_is_valid(
     auth_token: str, url: str, params: Sequence[tuple[str, str]], given: str | None
 ) -> bool:
-    return given is not None and hmac.compare_digest(signature(auth_token, url, params), given)
+    if given is None or not given.isascii():  # a signature is base64; compare bytes
+        return False
+    return hmac.compare_digest(signature(auth_token, url, params).encode(), given.encode())
 
 
 def call_event(
@@ -81,9 +83,6 @@ def call_event(
     customer = _required(params, "From" if inbound else "To")
     outcome = _FINAL_CALL_STATUS[status]
     recording = params.get("RecordingUrl") or None
-    dialled = params.get("DialCallStatus")
-    if inbound and recording and dialled is not None and dialled != "completed":
-        outcome = "voicemail"
     data: dict[str, Any] = {
         "direction": "inbound" if inbound else "outbound",
         "contact": {"kind": "phone", "value": customer},
@@ -164,9 +163,9 @@ def _time(params: Mapping[str, str], now: Callable[[], datetime]) -> datetime:
     """``Timestamp`` (RFC 2822, sent with status callbacks), else now."""
     try:
         sent = parsedate_to_datetime(params.get("Timestamp", ""))
-    except (TypeError, ValueError, IndexError):
+        return sent.astimezone(UTC) if sent.tzinfo else sent.replace(tzinfo=UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return now()
-    return sent.astimezone(UTC) if sent.tzinfo else now()
 
 
 def _attributes(params: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:

@@ -29,7 +29,7 @@ def test_each_kind_of_record_maps_to_its_call() -> None:
     assert answered["data"]["duration_s"] == 180
     assert answered["data"]["direction"] == "inbound"
     assert answered["data"]["contact"] == {"kind": "phone", "value": "6285550187"}
-    assert answered["data"]["external_id"] == "1764522000.1"
+    assert answered["data"]["external_id"].startswith("1764522000.1-")
     assert answered["occurred_at"] == "2026-11-30T09:00:00-08:00"  # the server's zone
     assert voicemail is not None
     assert voicemail["data"]["status"] == "voicemail"
@@ -43,6 +43,13 @@ def test_each_kind_of_record_maps_to_its_call() -> None:
     models = parse_events([e for e in (answered, voicemail, missed, outbound) if e])
     contacts = {m.data.contact.value for m in models}  # type: ignore[attr-defined]
     assert contacts == {"+16285550187", "+442079460958"}
+
+
+def test_records_sharing_a_uniqueid_are_told_apart() -> None:
+    first, second = rows()[0], list(rows()[0])
+    second[6] = "SIP/2002-0010"  # the same call, transferred to another extension
+    ids = {cdr_event(r, SOURCE)["data"]["external_id"] for r in (first, second)}  # type: ignore[index]
+    assert len(ids) == 2
 
 
 def test_a_record_without_uniqueid_gets_a_stable_digest_id() -> None:

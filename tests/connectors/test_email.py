@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from interaction_store.connectors.email import (
@@ -148,6 +149,50 @@ def test_a_mail_without_message_id_gets_one_from_its_digest() -> None:
     assert email_event(other, SOURCE, now=clock)["data"]["external_id"] != first
 
 
+def test_eight_bit_headers_are_read_as_utf8_or_latin1() -> None:
+    raw = (
+        "From: Renée <renee@example.com>\r\nTo: help@acme.example\r\n"
+        "Subject: Facture impayée\r\nMessage-ID: <8bit@x.example>\r\n\r\nmerci\r\n"
+    ).encode()
+    event = email_event(raw, SOURCE, now=clock)
+    assert event["data"]["subject"] == "Facture impayée"
+    latin = raw.replace("impayée".encode(), "impayée".encode("latin-1"))
+    assert email_event(latin, SOURCE, now=clock)["data"]["subject"] == "Facture impayée"
+    orjson.dumps(event)  # nothing unencodable is left
+    parse_events([event])
+
+
+def test_without_a_date_the_newest_received_stamp_is_the_time() -> None:
+    raw = (
+        b"Received: from relay.example.com by mx.acme.example; Mon, 30 Nov 2026 09:00:02 +0000\r\n"
+        b"Received: from laptop by relay.example.com; Mon, 30 Nov 2026 08:59:59 +0000\r\n"
+        b"From: sam@example.com\r\nMessage-ID: <nodate@x.example>\r\n\r\nhi\r\n"
+    )
+    assert email_event(raw, SOURCE, now=clock)["occurred_at"] == "2026-11-30T09:00:02+00:00"
+
+
+def test_a_forwarded_message_is_one_attachment_not_the_body() -> None:
+    inner = b"From: shop@example.org\r\nSubject: receipt\r\n\r\nthe inner text\r\n"
+    raw = (
+        b"From: sam@example.com\r\nMessage-ID: <fwd@x.example>\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=F\r\n\r\n"
+        b"--F\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>see below</p>\r\n"
+        b"--F\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--F--\r\n"
+    )
+    data = email_event(raw, SOURCE, now=clock)["data"]
+    assert data["body"] == "see below"
+    [attachment] = data["attachments"]
+    assert attachment["content_type"] == "message/rfc822"
+    assert attachment["size"] > 0
+
+
+@pytest.mark.parametrize("charset", ["idna", "rot13", "x-unknown"])
+def test_a_charset_that_is_no_text_encoding_is_read_as_utf8(charset: str) -> None:
+    raw = message("From: sam@example.com", "Message-ID: <cs@x.example>", body="plain")
+    raw = raw.replace(b"charset=utf-8", f"charset={charset}".encode())
+    assert email_event(raw, SOURCE, now=clock)["data"]["body"] == "plain"
+
+
 def test_missing_optional_headers_fall_back_to_the_clock_and_empty_text() -> None:
     raw = b"From: sam@example.com\r\n\r\n"
     event = email_event(raw, SOURCE, now=clock)
@@ -185,7 +230,7 @@ def test_broken_encodings_are_read_as_well_as_they_can_be() -> None:
     event = email_event(raw, SOURCE, now=clock)
     assert event["data"]["subject"] == "=?x-no-such-charset?q?caf=E9?="  # kept as it came
     assert event["data"]["body"] == "café \ufffd"
-    assert event["occurred_at"] == NOW.isoformat()  # -0000: a time without a known zone
+    assert event["occurred_at"] == "2026-11-30T09:00:00+00:00"  # -0000: a UTC time
     parse_events([event])
 
 

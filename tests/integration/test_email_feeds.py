@@ -68,6 +68,17 @@ def test_an_mbox_imports_once_and_a_malformed_mail_is_reported_not_fatal(
     assert count_events(database_url) == 3
 
 
+def test_the_same_message_twice_in_one_file_is_stored_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    reused = mail(1, body="Other text under the same Message-ID")
+    box = write_mbox(tmp_path / "twice.mbox", [mail(1), mail(2), mail(1), reused])
+    result = run(database_url, str(box))
+    assert "appended 2, already present 1, rejected 1" in result.output
+    assert "twice.mbox message 4: reuses the id of entry 1 with other content" in result.output
+    assert count_events(database_url) == 2
+
+
 def test_a_maildir_and_a_folder_of_eml_files_are_one_mailbox(
     database_url: str, tmp_path: Path
 ) -> None:

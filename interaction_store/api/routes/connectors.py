@@ -70,9 +70,9 @@ async def email_inbound(request: Request, svc: Svc, key: Appender) -> Response:
         )
     settings = svc.settings
     source = EmailSource(settings.email_mailbox, settings.support_address_list())
-    try:
-        event = email_event(raw, source)
-    except MalformedEmail as exc:
+    try:  # parsing a large mail takes a while: not on the event loop
+        event = await run_in_threadpool(email_event, raw, source)
+    except (MalformedEmail, ValueError, LookupError) as exc:
         raise Problem(
             422, "Invalid message", str(exc), errors=[{"field": "body", "reason": str(exc)}]
         ) from None

@@ -43,7 +43,7 @@ async def customer_timeline_live(
     exactly what was missed. Items moved in later by a link or merge are not replayed."""
     found = await run_in_threadpool(_customer, svc, customer_id)
     last_id = request.headers.get("last-event-id")
-    if last_id is not None and not last_id.isdigit():
+    if last_id is not None and not (last_id.isascii() and last_id.isdigit()):
         raise Problem(422, "Invalid request", "Last-Event-ID: the position of an event")
     start = await run_in_threadpool(_live_start, svc, int(last_id) if last_id else None)
 
