@@ -13,7 +13,7 @@ import gc
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -192,13 +192,7 @@ def append(obj: Context, source: IO[bytes], batch_size: int, quiet: bool) -> Non
                 batch = []
         if batch:
             _append_lines(store, batch, tally)
-    for number, reason in tally.rejected[:50]:
-        err.print(f"line {number}: {reason}", markup=False)
-    if len(tally.rejected) > 50:
-        err.print(f"... and {len(tally.rejected) - 50} more rejected lines")
-    click.echo(tally.summary())
-    if tally.rejected:
-        sys.exit(1)
+    _finish(tally, lambda number: f"line {number}")
 
 
 def _append_lines(store: Store, lines: list[tuple[int, Any]], tally: Tally) -> None:
@@ -309,13 +303,7 @@ def import_email(
                 batch = []
         if batch:
             _append_lines(store, batch, tally)
-    for number, reason in tally.rejected[:50]:
-        err.print(f"{labels[number]}: {reason}", markup=False)
-    if len(tally.rejected) > 50:
-        err.print(f"... and {len(tally.rejected) - 50} more rejected messages")
-    click.echo(tally.summary())
-    if tally.rejected:
-        sys.exit(1)
+    _finish(tally, labels.__getitem__)
 
 
 @import_group.command(name="cdr")
@@ -386,9 +374,16 @@ def import_cdr(
                 batch = []
         if batch:
             _append_lines(store, batch, tally)
+    _finish(tally, lambda number: f"line {number}", f", internal calls skipped {skipped}")
+
+
+def _finish(tally: Tally, where: Callable[[int], str], more: str = "") -> None:
+    """Report the first 50 rejections by place, print the summary, exit 1 if any."""
     for number, reason in tally.rejected[:50]:
-        err.print(f"line {number}: {reason}", markup=False)
-    click.echo(f"{tally.summary()}, internal calls skipped {skipped}")
+        err.print(f"{where(number)}: {reason}", markup=False)
+    if len(tally.rejected) > 50:
+        err.print(f"... and {len(tally.rejected) - 50} more rejected")
+    click.echo(tally.summary() + more)
     if tally.rejected:
         sys.exit(1)
 
