@@ -24,7 +24,6 @@ from interaction_store.keys import ApiKey
 __all__ = [
     "MAX_POSITION",
     "READ_YOUR_WRITES_WAIT",
-    "Admin",
     "Appender",
     "Auditor",
     "Fresh",
@@ -137,7 +136,6 @@ def require(scope: str) -> object:
 Reader = Annotated[ApiKey, require("timeline:read")]
 Auditor = Annotated[ApiKey, require("audit:read")]
 Appender = Annotated[ApiKey, require("events:append")]
-Admin = Annotated[ApiKey, require("admin")]
 
 
 async def _read_your_writes(
