@@ -6,6 +6,7 @@ themselves and pass it on.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -74,6 +75,21 @@ class Settings(BaseSettings):
         default=None,
         description="The Twilio account's auth token: checks X-Twilio-Signature. Unset: the"
         " Twilio routes are off.",
+    )
+    sms_idle_gap: timedelta = Field(
+        default=timedelta(hours=24),
+        description="An SMS after this long a silence between the same two numbers starts a"
+        " new conversation (seconds, or ISO 8601 such as PT8H).",
+    )
+    chatwoot_secret: SecretStr | None = Field(
+        default=None,
+        description="The shared secret Chatwoot's webhooks carry in X-Webhook-Secret. Unset:"
+        " the Chatwoot route is off.",
+    )
+    x_consumer_secret: SecretStr | None = Field(
+        default=None,
+        description="The X app's consumer secret (API key secret): answers the CRC check and"
+        " verifies x-twitter-webhooks-signature. Unset: the X route is off.",
     )
     public_url: str | None = Field(
         default=None,

@@ -140,9 +140,17 @@ def create_app(
 
         app.include_router(connectors.router, dependencies=routes.router.dependencies)
     if settings.twilio_auth_token is not None:
-        from interaction_store.api.routes import connectors
+        from interaction_store.api.routes import twilio
 
-        app.include_router(connectors.twilio_router)
+        app.include_router(twilio.router)
+    if settings.chatwoot_secret is not None:
+        from interaction_store.api.routes import chatwoot
+
+        app.include_router(chatwoot.router)
+    if settings.x_consumer_secret is not None:
+        from interaction_store.api.routes import x
+
+        app.include_router(x.router)
     _document_append_bodies(app)
     return app
 

@@ -50,9 +50,13 @@ class ProblemDetails(_Answer):
     errors: list[FieldProblem] | None = None
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` entries for the problems an endpoint may answer."""
+def problems(
+    *statuses: int, described_as: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for the problems an endpoint may answer (``described_as``
+    words a status for this endpoint)."""
     described = {
+        400: "The body is not of its media type.",
         401: "No API key, or an unknown or revoked one.",
         403: "The API key lacks the scope.",
         404: "Not found.",
@@ -60,6 +64,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The body is over the limit.",
         422: "The request is invalid; each field is named with its reason.",
         503: "The views have not reached min_position yet; retry after Retry-After.",
+        **(described_as or {}),
     }
     schema = {"$ref": "#/components/schemas/ProblemDetails"}  # put there by create_app
     return {

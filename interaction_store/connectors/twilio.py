@@ -8,9 +8,12 @@ MessageSid is the ``external_id``, so a redelivered callback is the same event.
 
 - Calls: ``completed`` is answered (its ``CallDuration``); ``busy``, ``no-answer`` and
   ``failed`` are missed; ``canceled`` (the caller hung up first) is abandoned. A
-  voicemail left through ``<Record>`` is reported by Twilio's recording status callback,
-  which this does not take yet. The customer is ``From`` on an inbound call and ``To``
-  on an outbound one.
+  voicemail is the ``<Record>`` action request (``voicemail_event``). The customer is
+  ``From`` on an inbound call and ``To`` on an outbound one.
+- Voicemail: the ``<Record>`` verb's ``action`` request (the call's parameters with
+  ``RecordingUrl`` and ``RecordingDuration``) is the call as ``voicemail``. It comes
+  while the call is still up, so it is stored before the call's final status callback,
+  which then repeats a stored call and is not stored again.
 - SMS: an inbound message (``Body``, ``NumMedia``, ``MediaUrl0``...) is ``sms.received``;
   the status callback of one of ours is ``sms.sent`` once it is ``sent`` or
   ``delivered`` (both give the same event: the second is a replay). The conversation
@@ -33,6 +36,7 @@ __all__ = [
     "signature",
     "signature_is_valid",
     "sms_event",
+    "voicemail_event",
 ]
 
 _FINAL_CALL_STATUS = {
@@ -101,6 +105,34 @@ def call_event(
     }
 
 
+def voicemail_event(
+    params: Mapping[str, str], *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> dict[str, Any] | None:
+    """The ``call.completed`` event, status ``voicemail``, of a ``<Record>`` action
+    request; None when nothing was recorded (the caller hung up at once)."""
+    recording = params.get("RecordingUrl", "").strip()
+    sid = _required(params, "CallSid")
+    if not recording:
+        return None
+    inbound = params.get("Direction", "inbound") == "inbound"
+    customer = _required(params, "From" if inbound else "To")
+    attributes = _attributes(params, ("AccountSid", "From", "To", "RecordingSid"))
+    return {
+        "type": "call.completed",
+        "occurred_at": now().isoformat(),
+        "data": {
+            "direction": "inbound" if inbound else "outbound",
+            "contact": {"kind": "phone", "value": customer},
+            "external_id": sid,
+            "status": "voicemail",
+            "duration_s": _seconds(params.get("RecordingDuration"), "RecordingDuration"),
+            "recording_url": recording,
+            "attributes": attributes,
+        },
+        "metadata": {"connector": "twilio-voice"},
+    }
+
+
 def sms_event(
     params: Mapping[str, str], *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> dict[str, Any] | None:
@@ -145,11 +177,11 @@ def _required(params: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _seconds(value: str | None) -> int:
+def _seconds(value: str | None, name: str = "CallDuration") -> int:
     try:
         return max(0, int(value)) if value else 0
     except ValueError:
-        raise TwilioPayloadError("CallDuration", f"{value!r} is not a number of seconds") from None
+        raise TwilioPayloadError(name, f"{value!r} is not a number of seconds") from None
 
 
 def _count(value: str | None) -> int:

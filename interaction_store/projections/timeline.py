@@ -30,6 +30,7 @@ __all__ = [
     "TimelineProjection",
     "conversation_of",
     "family_of",
+    "is_provisional",
     "provisional_customer_id",
     "snippet",
 ]
@@ -42,6 +43,11 @@ _UNCLOSED_TAG = re.compile(r"<[^>]*$")
 def provisional_customer_id(kind: str, value: str) -> str:
     """The stable id of the provisional customer of a contact no customer claims."""
     return f"pc-{uuid5(EVENT_NAMESPACE, f'contact:{kind}:{value}').hex[:20]}"
+
+
+def is_provisional(customer_id: str) -> bool:
+    """Whether this is the provisional customer of some contact, not a registered one."""
+    return customer_id.startswith("pc-")
 
 
 def snippet(text: str | None, length: int = SNIPPET_LENGTH) -> str:

@@ -16,6 +16,7 @@ from interaction_store.connectors.twilio import (
     signature,
     signature_is_valid,
     sms_event,
+    voicemail_event,
 )
 from interaction_store.events import parse_events
 
@@ -112,6 +113,43 @@ def test_a_malformed_call_callback_names_the_field(params: dict[str, str], field
     with pytest.raises(TwilioPayloadError) as error:
         call_event(params, now=clock)
     assert error.value.field == field
+
+
+#: The request of a <Record> verb's action URL: the call's parameters and the recording's.
+RECORDED = {
+    **{k: v for k, v in CALL.items() if k not in ("CallDuration", "Timestamp", "SequenceNumber")},
+    "CallStatus": "in-progress",
+    "RecordingUrl": "https://api.twilio.com/2010-04-01/Accounts/AC01/Recordings/RE5d1e",
+    "RecordingSid": "RE5d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a",
+    "RecordingDuration": "42",
+    "Digits": "hangup",
+}
+
+
+def test_a_recorded_message_is_the_call_as_a_voicemail() -> None:
+    event = voicemail_event(RECORDED, now=clock)
+    assert event is not None
+    assert event["type"] == "call.completed"
+    assert event["occurred_at"] == NOW.isoformat()
+    data = event["data"]
+    assert data["status"] == "voicemail"
+    assert data["duration_s"] == 42
+    assert data["recording_url"] == RECORDED["RecordingUrl"]
+    assert data["contact"] == {"kind": "phone", "value": "+16285550187"}
+    assert data["external_id"] == CALL["CallSid"]  # the call itself: stored once
+    assert data["attributes"]["RecordingSid"] == RECORDED["RecordingSid"]
+    [model] = parse_events([event])
+    assert model.data.status == "voicemail"  # type: ignore[attr-defined]
+
+
+def test_a_caller_who_hangs_up_before_the_tone_leaves_no_voicemail() -> None:
+    assert voicemail_event({**RECORDED, "RecordingUrl": ""}, now=clock) is None
+
+
+def test_a_malformed_recording_names_the_field() -> None:
+    with pytest.raises(TwilioPayloadError) as error:
+        voicemail_event({**RECORDED, "RecordingDuration": "long"}, now=clock)
+    assert error.value.field == "RecordingDuration"
 
 
 INBOUND_SMS = {

@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0004_api"
+HEAD = "0005_connector_state"
 
 
 def tables(url: str) -> set[str]:

@@ -206,11 +206,12 @@ def _body_of(schema: str) -> dict[str, Any]:
     }
 
 
-APPENDED = {
+#: The answers of an append (without its problems).
+STORED: dict[int | str, dict[str, Any]] = {
     201: {"model": AppendAnswer, "description": "Appended."},
     200: {"model": AppendAnswer, "description": "Every event was stored already (a retry)."},
-    **problems(401, 403, 409, 413, 422),
 }
+APPENDED = {**STORED, **problems(401, 403, 409, 413, 422)}
 
 
 @router.post(

@@ -1,0 +1,81 @@
+"""What the connectors' feeds look up or remember between deliveries, in PostgreSQL.
+
+The mappings in ``interaction_store.connectors`` are pure; the little state a feed needs
+lives here: the SMS session of a pair of numbers, the thread of a post being replied to,
+the owner of a contact, and (for the IMAP poller) each folder's cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid5
+
+import psycopg
+
+from interaction_store.events import EVENT_NAMESPACE
+from interaction_store.projections.timeline import provisional_customer_id
+from interaction_store.views import lookup_read
+
+__all__ = [
+    "derived_event_id",
+    "is_stored",
+    "owner_of",
+    "sms_session",
+    "stored_thread",
+]
+
+
+def derived_event_id(event_type: str, external_id: str) -> UUID:
+    """The id an interaction gets from its type and ``external_id`` (see ``events``)."""
+    return uuid5(EVENT_NAMESPACE, f"{event_type}:{external_id.strip()}")
+
+
+def is_stored(conn: psycopg.Connection[Any], event_id: UUID) -> bool:
+    return (
+        conn.execute("SELECT FROM events WHERE event_id = %s", (event_id,)).fetchone() is not None
+    )
+
+
+def sms_session(conn: psycopg.Connection[Any], pair: str, at: datetime, gap: timedelta) -> str:
+    """The thread key of the conversation an SMS of ``pair`` at ``at`` belongs to: the
+    pair's current one, or a new one when the last message is more than ``gap`` old.
+
+    One statement, so concurrent deliveries of one pair agree on the session.
+    """
+    row = conn.execute(
+        """
+        INSERT INTO sms_sessions AS s (pair, started_at, last_at)
+        VALUES (%(pair)s, %(at)s, %(at)s)
+        ON CONFLICT (pair) DO UPDATE
+           SET started_at = CASE WHEN excluded.last_at - s.last_at > %(gap)s
+                                 THEN excluded.started_at ELSE s.started_at END,
+               last_at = greatest(s.last_at, excluded.last_at)
+        RETURNING started_at
+        """,
+        {"pair": pair, "at": at, "gap": gap},
+    ).fetchone()
+    assert row is not None
+    started: datetime = row[0]
+    return f"{pair}|{started.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def stored_thread(conn: psycopg.Connection[Any], event_ids: Iterable[UUID]) -> str | None:
+    """The thread key of the first of these events that is stored."""
+    row = conn.execute(
+        "SELECT data->>'thread_key' FROM events WHERE event_id = ANY(%s) ORDER BY position LIMIT 1",
+        (list(event_ids),),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def owner_of(conn: psycopg.Connection[Any], contact: str, *, phone_region: str = "US") -> str:
+    """The customer a contact belongs to now (merges followed), or the provisional customer
+    it gets when no one claims it. ``contact`` is ``kind:value``; ``ValueError`` if it is
+    malformed."""
+    read = lookup_read(contact, phone_region=phone_region)
+    owner = read.run(conn)
+    if owner is not None:
+        return owner
+    return provisional_customer_id(read.params["kind"], read.params["value"])
