@@ -64,7 +64,8 @@ def sms_session(conn: psycopg.Connection[Any], pair: str, at: datetime, gap: tim
 def stored_thread(conn: psycopg.Connection[Any], event_ids: Iterable[UUID]) -> str | None:
     """The thread key of the first of these events that is stored."""
     row = conn.execute(
-        "SELECT data->>'thread_key' FROM events WHERE event_id = ANY(%s) ORDER BY position LIMIT 1",
+        "SELECT payload->>'thread_key' FROM events WHERE event_id = ANY(%s)"
+        " ORDER BY position LIMIT 1",
         (list(event_ids),),
     ).fetchone()
     return None if row is None else row[0]

@@ -6,6 +6,10 @@ provisional customer. Its ``customer_id`` is the owner with merges followed
 (``resolve_customer``). Links, unlinks, merges and unmerges recompute exactly the rows
 they touch from those two facts, so any order of them gives the rows a rebuild from
 zero would give, and an unmerge puts every event back where it was.
+
+One rule carries contacts along: a contact linked to another contact's provisional
+customer (a chat visitor linked to the email it gave, before any customer claimed that
+email) moves with that contact when a customer claims it.
 """
 
 from __future__ import annotations
@@ -324,12 +328,31 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
                    reason = excluded.reason, source = excluded.source,
                    position = excluded.position
         )
-        SELECT i.kind, i.value FROM identities AS i JOIN given AS g USING (kind, value)
+        SELECT i.kind, i.value, i.customer_id, g.customer_id
+          FROM identities AS i JOIN given AS g USING (kind, value)
          WHERE i.customer_id <> g.customer_id
         """,
         (orjson.dumps(list(last.values())).decode(),),
     ).fetchall()
-    for kind, value in moved:  # identities as they were before (the statement's snapshot)
+    for kind, value, before, after in moved:  # identities as they were (the snapshot)
+        _reattribute_contact(conn, kind, value)
+        if before == provisional_customer_id(kind, value):
+            _follow(conn, before, after)
+
+
+def _follow(conn: psycopg.Connection[Any], provisional: str, owner: str) -> None:
+    """Contacts linked to a contact's provisional customer (a chat visitor linked to the
+    email it gave, before anyone claimed that email) belong to the person behind that
+    contact: when a customer claims it, they go along."""
+    followers = conn.execute(
+        """
+        UPDATE identities SET customer_id = %s
+         WHERE customer_id = %s AND confidence <> 'provisional'
+        RETURNING kind, value
+        """,
+        (owner, provisional),
+    ).fetchall()
+    for kind, value in followers:
         _reattribute_contact(conn, kind, value)
 
 

@@ -123,6 +123,20 @@ def test_a_contact_update_links_an_anonymous_visitor_later(
         channels = {item.channel for item in views.timeline(conn, emailer)}
     assert channels == {"chat", "email"}
     assert deliver(http, fixture("contact_updated")).status_code == 200  # linked already
+    # When a customer claims the email later, the chat visitor linked to it goes along.
+    store.append_batch(
+        [
+            {
+                "type": "customer.registered",
+                "occurred_at": "2026-11-30T12:00:00Z",
+                "data": {"customer_id": "cu-tomas", "contacts": ["email:tomas@ibanez.example"]},
+            }
+        ]
+    )
+    project(store)
+    with pool.connection() as conn:
+        assert views.lookup_customer(conn, "chat:chatwoot-1-912") == "cu-tomas"
+        assert {item.channel for item in views.timeline(conn, "cu-tomas")} == {"chat", "email"}
 
 
 def test_resolving_in_chatwoot_resolves_the_conversation(
@@ -156,7 +170,11 @@ def test_a_request_without_the_secret_is_refused_and_writes_nothing(
     [
         (b"{not json", 400, None),
         ({"event": "message_created", "id": 5}, 422, "message_type"),
-        (fixture("message_created_incoming") | {"content": "nul \u0000 byte"}, 422, "events[0].data.text"),
+        (
+            fixture("message_created_incoming") | {"content": "nul \u0000 byte"},
+            422,
+            "events[0].data.text",
+        ),
     ],
     ids=["not-json", "missing-field", "nul"],
 )

@@ -1,9 +1,10 @@
-"""End to end: a customer who emails, then calls, then texts, through the connectors'
-own routes, appears as one customer with all three in one timeline once an agent links
-the phone to the customer the email came from."""
+"""End to end: a customer who emails, calls, texts, chats and tweets, through the
+connectors' own routes, appears as one customer with all five in one timeline: the chat
+joins by the email Chatwoot knows, the phone and the X account once an agent links them."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -15,7 +16,10 @@ from interaction_store.api import create_app
 from interaction_store.connectors.twilio import signature
 from interaction_store.keys import create_key
 from interaction_store.settings import Settings
+from tests.connectors.test_chatwoot import fixture as chatwoot_fixture
 from tests.connectors.test_twilio import CALL, INBOUND_SMS
+from tests.connectors.test_x import fixture as x_fixture
+from tests.integration.test_x_routes import signed
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 BASE = "https://store.example.com"
@@ -47,6 +51,8 @@ def test_email_call_and_sms_become_one_customers_timeline(
         support_addresses="help@acme.example",
         twilio_auth_token=TOKEN,
         public_url=BASE,
+        chatwoot_secret="chat-secret",
+        x_consumer_secret="consumer-secret-0123456789",
     )
     key, _ = create_key(pool, "agent desktop", ["admin"])
     auth = {"Authorization": f"Bearer {key}"}
@@ -59,6 +65,19 @@ def test_email_call_and_sms_become_one_customers_timeline(
         assert mail.status_code == 201, mail.text
         twilio(http, "/v1/connectors/twilio/voice", {**CALL, "From": "+16285550187"})
         twilio(http, "/v1/connectors/twilio/sms", {**INBOUND_SMS, "From": "+16285550187"})
+        chat = chatwoot_fixture("message_created_anonymous")
+        chat["conversation"]["meta"]["sender"]["email"] = "Sam@Example.com"
+        answer = http.post(
+            "/v1/connectors/chatwoot", json=chat, headers={"X-Webhook-Secret": "chat-secret"}
+        )
+        assert answer.status_code == 201, answer.text
+        tweet = json.dumps(x_fixture("mention")).encode()
+        answer = http.post(
+            "/v1/connectors/x",
+            content=tweet,
+            headers={"x-twitter-webhooks-signature": signed(tweet)},
+        )
+        assert answer.status_code == 201, answer.text
 
         # Twilio's answers carry no position to wait for: poll until the call is projected.
         deadline = time.monotonic() + 10
@@ -91,6 +110,12 @@ def test_email_call_and_sms_become_one_customers_timeline(
                         "data": {"customer_id": "cu-sam", "contact": "phone:+16285550187",
                                  "reason": "caller confirmed the order number"},
                     },
+                    {
+                        "type": "customer.identity_linked",
+                        "occurred_at": "2026-11-30T09:32:00Z",
+                        "data": {"customer_id": "cu-sam", "contact": "twitter:2222222222",
+                                 "reason": "confirmed by DM"},
+                    },
                 ]
             },
             headers=auth,
@@ -103,8 +128,14 @@ def test_email_call_and_sms_become_one_customers_timeline(
         )
         assert timeline.status_code == 200, timeline.text
         items = timeline.json()["items"]
-        assert sorted(i["channel"] for i in items) == ["email", "sms", "voice"]
-        assert {i["type"] for i in items} == {"email.received", "call.completed", "sms.received"}
+        assert sorted(i["channel"] for i in items) == ["chat", "email", "sms", "twitter", "voice"]
+        assert {i["type"] for i in items} == {
+            "email.received",
+            "call.completed",
+            "sms.received",
+            "chat.message",
+            "tweet.received",
+        }
         for identity in ("email:sam@example.com", "phone:+1 628 555 0187"):
             found = http.get("/v1/customers/lookup", params={"identity": identity}, headers=auth)
             assert found.json()["customer_id"] == "cu-sam"
