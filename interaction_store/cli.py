@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import gc
+import imaplib
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,17 +30,16 @@ from rich.table import Table
 from rich.text import Text
 
 from interaction_store import db, keys, views
+from interaction_store.batches import Tally, append_entries
 from interaction_store.connectors.asterisk import CdrSource, MalformedCdr, cdr_event
 from interaction_store.connectors.email import EmailSource, MalformedEmail, email_event
 from interaction_store.demo import generate, story
 from interaction_store.embedded import EmbeddedPostgres
-from interaction_store.events import parse_events
 from interaction_store.exceptions import (
-    AppendError,
     ConfigurationError,
-    EventValidationError,
     InteractionStoreError,
 )
+from interaction_store.imap import FolderPass, ImapError, ImapPoller, ImapServer, Security
 from interaction_store.mailfiles import count_messages, read_messages
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.rebuild import RebuildError, rebuild
@@ -138,19 +138,6 @@ def migrate(obj: Context, revision: str, down: bool) -> None:
 # append -------------------------------------------------------------------------------
 
 
-@dataclass
-class Tally:
-    appended: int = 0
-    already_present: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"appended {self.appended}, already present {self.already_present}, "
-            f"rejected {len(self.rejected)}"
-        )
-
-
 @cli.command()
 @click.argument("source", type=click.File("rb"))
 @click.option(
@@ -188,40 +175,11 @@ def append(obj: Context, source: IO[bytes], batch_size: int, quiet: bool) -> Non
                 tally.rejected.append((number, f"malformed JSON: {exc}"))
                 continue
             if len(batch) >= batch_size:
-                _append_lines(store, batch, tally)
+                append_entries(store, batch, tally)
                 batch = []
         if batch:
-            _append_lines(store, batch, tally)
+            append_entries(store, batch, tally)
     _finish(tally, lambda number: f"line {number}")
-
-
-def _append_lines(store: Store, lines: list[tuple[int, Any]], tally: Tally) -> None:
-    """Append one batch of parsed lines; drop and report the invalid ones first."""
-    while lines:
-        try:
-            models = parse_events([obj for _, obj in lines], phone_region=store.phone_region)
-            result = store.append_batch(models)
-        except EventValidationError as exc:
-            bad = {e.index for e in exc.errors if e.index is not None}
-            if not bad:
-                raise
-            for error in exc.errors:
-                if error.index is not None:
-                    tally.rejected.append((lines[error.index][0], f"{error.field}: {error.reason}"))
-            lines = [line for i, line in enumerate(lines) if i not in bad]
-            continue
-        except AppendError:
-            if len(lines) == 1:
-                raise
-            for line in lines:  # find the culprit: one line at a time
-                try:
-                    _append_lines(store, [line], tally)
-                except AppendError as single:
-                    tally.rejected.append((line[0], single.message))
-            return
-        tally.appended += result.appended
-        tally.already_present += result.already_present
-        return
 
 
 @cli.group(name="import")
@@ -299,10 +257,10 @@ def import_email(
                 continue
             batch.append((number, event))
             if len(batch) >= batch_size:
-                _append_lines(store, batch, tally)
+                append_entries(store, batch, tally)
                 batch = []
         if batch:
-            _append_lines(store, batch, tally)
+            append_entries(store, batch, tally)
     _finish(tally, labels.__getitem__)
 
 
@@ -370,10 +328,10 @@ def import_cdr(
                 continue
             batch.append((number, event))
             if len(batch) >= 500:
-                _append_lines(store, batch, tally)
+                append_entries(store, batch, tally)
                 batch = []
         if batch:
-            _append_lines(store, batch, tally)
+            append_entries(store, batch, tally)
     _finish(tally, lambda number: f"line {number}", f", internal calls skipped {skipped}")
 
 
@@ -433,6 +391,118 @@ def _progress(
     )
     with progress:
         yield progress, progress.add_task(label, total=total)
+
+
+# connect ------------------------------------------------------------------------------
+
+
+@cli.group(name="connect")
+def connect_group() -> None:
+    """Keep a source's interactions flowing in: poll it until stopped."""
+
+
+@connect_group.command(name="imap")
+@click.option("--host", help="IMAP server. Default: INTERACTION_STORE_IMAP_HOST.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Default: 993 (ssl) or 143.")
+@click.option(
+    "--security",
+    type=click.Choice(["ssl", "starttls", "plain"]),
+    help="Default: INTERACTION_STORE_IMAP_SECURITY (ssl). plain is for loopback only.",
+)
+@click.option("--user", help="Login. Default: INTERACTION_STORE_IMAP_USER.")
+@click.option(
+    "--folder",
+    "folders",
+    multiple=True,
+    help="A folder to poll (repeatable). Default: INTERACTION_STORE_IMAP_FOLDERS (INBOX,Sent).",
+)
+@click.option("--mailbox", help="Mailbox name in each message's identity (see import email).")
+@click.option(
+    "--support-address",
+    "support",
+    multiple=True,
+    help="One of our addresses (repeatable): mail from it is email.sent.",
+)
+@click.option("--interval", type=click.FloatRange(min=0.1), help="Seconds between polls.")
+@click.option("--once", is_flag=True, help="Poll once, print the summary and exit.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def connect_imap(
+    obj: Context,
+    host: str | None,
+    port: int | None,
+    security: Security | None,
+    user: str | None,
+    folders: tuple[str, ...],
+    mailbox: str | None,
+    support: tuple[str, ...],
+    interval: float | None,
+    once: bool,
+    quiet: bool,
+) -> None:
+    """Poll an IMAP mailbox's inbox and sent folder and store each new message.
+
+    The password is read from INTERACTION_STORE_IMAP_PASSWORD only, never from the command
+    line. Folders are opened read-only: nothing is marked as seen. Each folder's place
+    (UIDVALIDITY and last UID) is kept in the database, so a restart neither misses nor
+    repeats a message. Runs until Ctrl-C, polling every --interval seconds (default
+    INTERACTION_STORE_IMAP_INTERVAL, 60); a server that is down is tried again next time.
+
+    \b
+    Example:
+      export INTERACTION_STORE_IMAP_PASSWORD=...
+      interaction-store connect imap --host imap.acme.example --user help@acme.example \\
+        --support-address help@acme.example
+    """
+    settings = obj.settings
+    host = host or settings.imap_host
+    user = user or settings.imap_user
+    missing = [name for name, value in (("--host", host), ("--user", user)) if not value]
+    if settings.imap_password is None:  # the environment only: never in shell history
+        missing.append("INTERACTION_STORE_IMAP_PASSWORD")
+    password = settings.imap_password
+    if not host or not user or password is None:
+        raise click.UsageError(f"the mailbox needs {', '.join(missing)}")
+    server = ImapServer(
+        host=host,
+        user=user,
+        password=password.get_secret_value(),
+        port=port or settings.imap_port,
+        security=security or settings.imap_security,
+    )
+    source = EmailSource(
+        mailbox=mailbox or settings.email_mailbox,
+        support_addresses=[*settings.support_address_list(), *(a.lower() for a in support)],
+    )
+    chosen = folders or tuple(f.strip() for f in settings.imap_folders.split(",") if f.strip())
+    with obj.store() as store:
+        poller = ImapPoller(store, server, source, chosen)
+        if once:
+            try:
+                with _progress(quiet, None, "fetching") as (progress, task):
+                    passes = poller.poll(lambda _: progress.advance(task))
+            except (OSError, imaplib.IMAP4.error, ImapError) as exc:
+                raise click.ClickException(f"{server.address}: {exc}") from None
+            _report_passes(passes)
+            if any(p.tally.rejected for p in passes):
+                sys.exit(1)
+            return
+        err.print(f"polling {server.address} ({', '.join(chosen)}); Ctrl-C stops")
+        stop = threading.Event()
+        try:
+            poller.run(interval or settings.imap_interval, stop, _report_passes)
+        except KeyboardInterrupt:
+            stop.set()
+
+
+def _report_passes(passes: list[FolderPass]) -> None:
+    for done in passes:
+        for uid, reason in list(done.rejections())[:50]:
+            err.print(f"{done.folder} UID {uid}: {reason}", markup=False)
+        if done.fetched or done.tally.rejected:
+            click.echo(f"{done.folder}: {done.tally.summary()} (last UID {done.last_uid})")
+        else:
+            click.echo(f"{done.folder}: nothing new (last UID {done.last_uid})")
 
 
 # tail ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +70,26 @@ class Settings(BaseSettings):
     )
     email_connector: bool = Field(
         default=True, description="Take mail at POST /v1/connectors/email/inbound."
+    )
+
+    imap_host: str | None = Field(
+        default=None, description="The IMAP server `connect imap` polls (host name)."
+    )
+    imap_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Its port. Default: 993, or 143 unless ssl."
+    )
+    imap_security: Literal["ssl", "starttls", "plain"] = Field(
+        default="ssl",
+        description="ssl (IMAPS), starttls, or plain (unencrypted: a server on loopback only).",
+    )
+    imap_user: str | None = Field(default=None, description="The IMAP login.")
+    imap_password: SecretStr | None = Field(default=None, description="The IMAP password.")
+    imap_folders: str = Field(
+        default="INBOX,Sent",
+        description="The folders to poll, comma-separated: the inbox and the sent folder.",
+    )
+    imap_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between two polls of the mailbox."
     )
 
     twilio_auth_token: SecretStr | None = Field(
