@@ -118,6 +118,20 @@ class Settings(BaseSettings):
         " when a proxy stands in front: signatures cover the URL the sender used.",
     )
 
+    @field_validator("sms_idle_gap", mode="before")
+    @classmethod
+    def _seconds_or_iso(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)  # plain seconds, as the description says
+        return value
+
+    @field_validator("sms_idle_gap")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
     @field_validator("first_response")
     @classmethod
     def _valid_service_levels(cls, value: str) -> str:

@@ -226,3 +226,31 @@ def test_a_key_without_the_scope_is_forbidden(served: Served) -> None:
         assert answer.status_code == 403, (method, path, answer.text)
         assert "lacks the scope" in answer.json()["detail"]
     assert _events(served) == before
+
+
+def test_the_document_with_every_connector_on_describes_their_routes() -> None:
+    settings = Settings(
+        database_url="postgresql://unused@localhost/unused",
+        twilio_auth_token="token",
+        chatwoot_secret="secret",
+        x_consumer_secret="consumer-secret",
+    )
+    document = create_app(settings).openapi()
+    operations = {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        if "/connectors/" in path
+        for method in item
+    }
+    assert operations == {
+        ("POST", "/v1/connectors/email/inbound"),
+        ("POST", "/v1/connectors/twilio/voice"),
+        ("POST", "/v1/connectors/twilio/voicemail"),
+        ("POST", "/v1/connectors/twilio/sms"),
+        ("POST", "/v1/connectors/chatwoot"),
+        ("GET", "/v1/connectors/x"),
+        ("POST", "/v1/connectors/x"),
+    }
+    # Every operation of it resolves (its references point somewhere).
+    resolved = schemathesis.openapi.from_dict(document)
+    assert sum(1 for result in resolved.get_all_operations() if result.ok()) >= len(operations)
