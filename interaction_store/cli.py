@@ -7,6 +7,7 @@ in ``.interaction-store/`` (started on demand, stopped when the command ends unl
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import gc
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 import orjson
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich import box
 from rich.console import Console
@@ -30,6 +32,8 @@ from rich.table import Table
 from rich.text import Text
 
 from interaction_store import db, keys, views
+from interaction_store.audit import checkpoints, signing
+from interaction_store.audit.verify import verify as audit_verify_log
 from interaction_store.batches import Tally, append_entries
 from interaction_store.connectors.asterisk import CdrSource, MalformedCdr, cdr_event
 from interaction_store.connectors.email import EmailSource, MalformedEmail, email_event
@@ -1066,6 +1070,144 @@ demo API key (shown once; a new one each start): {key}
 
 API reference: {base}/docs
 """
+
+
+# audit --------------------------------------------------------------------------------
+
+
+@cli.group(name="audit")
+def audit_group() -> None:
+    """Prove the log unaltered: seal it with signed checkpoints, verify it, prove events in it."""
+
+
+def _signing_key(settings: Settings) -> signing.SigningKey:
+    key = signing.signing_key_from_settings(settings)
+    if key is None:
+        raise ConfigurationError(
+            "no signing key: set INTERACTION_STORE_AUDIT_SIGNING_KEY"
+            " (`interaction-store audit keygen` makes one)"
+        )
+    return key
+
+
+@audit_group.command(name="keygen")
+def audit_keygen() -> None:
+    """Print a new Ed25519 signing key and its public key.
+
+    Keep the signing key secret (INTERACTION_STORE_AUDIT_SIGNING_KEY for `serve` and
+    `audit seal`); give the public key to whoever verifies
+    (INTERACTION_STORE_AUDIT_PUBLIC_KEY).
+    """
+    key = signing.SigningKey.generate()
+    click.echo(f"INTERACTION_STORE_AUDIT_SIGNING_KEY={key.text()}")
+    click.echo(f"INTERACTION_STORE_AUDIT_PUBLIC_KEY={key.public.text()}")
+    click.echo(f"key id: {key.public.key_id}")
+
+
+@audit_group.command(name="seal")
+@click.pass_obj
+def audit_seal(obj: Context) -> None:
+    """Cover the events not yet sealed with a new signed checkpoint.
+
+    `serve` seals every INTERACTION_STORE_AUDIT_SEAL_INTERVAL seconds by itself; this is
+    for a deployment that runs the sealer on its own schedule.
+    """
+    key = _signing_key(obj.settings)
+    with obj.store() as store, store.pool.connection() as conn:
+        sealed = checkpoints.seal(conn, key)
+    if sealed is None:
+        click.echo("nothing new to seal")
+        return
+    click.echo(
+        f"checkpoint {sealed.checkpoint_id}: {sealed.tree_size:,} events,"
+        f" root {sealed.root_hash.hex()}, signed by key {sealed.key_id}"
+    )
+
+
+@audit_group.command(name="verify")
+@click.option(
+    "--from-checkpoint",
+    type=click.IntRange(min=1),
+    help="Verify only what came after this checkpoint (its signature is still checked).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def audit_verify(obj: Context, from_checkpoint: int | None, quiet: bool) -> None:
+    """Recompute every stream's hash chain and the Merkle roots, and check each
+    checkpoint's signature.
+
+    Prints the first place each check fails (position, stream, what differs) and exits
+    with status 1; status 0 only when everything holds.
+    """
+    key = signing.public_key_from_settings(obj.settings)
+    with obj.store() as store:
+        head = store.head()
+        with (
+            psycopg.connect(store.conninfo) as conn,
+            _progress(quiet, head * 2 or None, "verifying") as (progress, task),
+        ):
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            try:
+                report = audit_verify_log(
+                    conn,
+                    key,
+                    from_checkpoint=from_checkpoint,
+                    progress=lambda n: progress.advance(task, n),
+                )
+            except LookupError as exc:
+                raise click.BadParameter(str(exc), param_hint="--from-checkpoint") from None
+    for failure in report.failures:
+        err.print(f"[red]FAILED[/red] {failure}", highlight=False)
+    click.echo(
+        f"{report.events:,} events in {report.streams:,} streams and"
+        f" {report.checkpoints:,} checkpoints: {'verified' if report.ok else 'NOT verified'}"
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@audit_group.command(name="proof")
+@click.argument("position", type=click.IntRange(min=1))
+@click.option("--checkpoint", "checkpoint_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_obj
+def audit_proof(obj: Context, position: int, checkpoint_id: int | None, as_json: bool) -> None:
+    """Print the inclusion proof of the event at POSITION in the latest checkpoint (or
+    --checkpoint): its leaf, the checkpoint it is in, and the audit path (RFC 6962)."""
+    with obj.store() as store, store.pool.connection() as conn:
+        try:
+            proof = checkpoints.prove_inclusion(conn, position, checkpoint_id)
+        except LookupError as exc:
+            raise click.BadParameter(str(exc), param_hint="POSITION") from None
+    if proof is None:
+        raise click.ClickException(f"no checkpoint covers position {position} yet: seal first")
+    sealed = proof.checkpoint
+    document = {
+        "position": proof.position,
+        "leaf_index": proof.leaf_index,
+        "leaf_hash": proof.leaf_hash.hex(),
+        "checkpoint": {
+            "id": sealed.checkpoint_id,
+            "tree_size": sealed.tree_size,
+            "root_hash": sealed.root_hash.hex(),
+            "sealed_at": signing.format_time(sealed.sealed_at),
+            "key_id": sealed.key_id,
+            "signature": base64.b64encode(sealed.signature).decode(),
+        },
+        "audit_path": [node.hex() for node in proof.path],
+    }
+    if as_json:
+        click.echo(orjson.dumps(document).decode())
+        return
+    click.echo(f"event at position {proof.position} is leaf {proof.leaf_index:,}")
+    click.echo(f"leaf hash   {proof.leaf_hash.hex()}")
+    click.echo(
+        f"checkpoint  {sealed.checkpoint_id}: {sealed.tree_size:,} events, root"
+        f" {sealed.root_hash.hex()}"
+    )
+    for node in proof.path:
+        click.echo(f"path        {node.hex()}")
 
 
 @cli.group(name="keys")

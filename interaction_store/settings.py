@@ -112,6 +112,20 @@ class Settings(BaseSettings):
         description="The X app's consumer secret (API key secret): answers the CRC check and"
         " verifies x-twitter-webhooks-signature. Unset: the X route is off.",
     )
+    audit_signing_key: SecretStr | None = Field(
+        default=None,
+        description="The Ed25519 key that signs checkpoints (base64 of its 32 bytes;"
+        " `interaction-store audit keygen` makes one). Unset: the embedded default keeps one"
+        " in data_dir; with a database URL, nothing is sealed.",
+    )
+    audit_public_key: str | None = Field(
+        default=None,
+        description="The public key checkpoints are verified with (base64), for a verifier"
+        " that does not hold the signing key.",
+    )
+    audit_seal_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between two seals by `serve`."
+    )
     public_url: str | None = Field(
         default=None,
         description="The base URL webhooks reach this service at (https://store.example.com),"

@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0005_connector_state"
+HEAD = "0006_audit"
 
 
 def tables(url: str) -> set[str]:
