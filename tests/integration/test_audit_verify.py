@@ -133,7 +133,8 @@ def test_a_transaction_still_open_is_sealed_once_it_commits(
     writer.join()
     with pool.connection() as conn:
         second = checkpoints.seal(conn, KEY)
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert first.tree_size == 1  # the later commit waits behind the held transaction
     assert second.tree_size == 3
     with psycopg.connect(database_url) as conn:
