@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +22,13 @@ from interaction_store import db
 from interaction_store.api.metrics import Metrics
 from interaction_store.api.models import ProblemDetails
 from interaction_store.api.problems import JSON, install_problem_handlers
+from interaction_store.audit import checkpoints
+from interaction_store.audit.signing import (
+    PublicKey,
+    SigningKey,
+    public_key_from_settings,
+    signing_key_from_settings,
+)
 from interaction_store.events import Event
 from interaction_store.keys import ApiKey, verify_key
 from interaction_store.policy import ServiceLevels
@@ -47,6 +54,10 @@ class Service:
     reads: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     service_levels: ServiceLevels
     runner: ProjectionRunner | None = None
+    #: The key that signs checkpoints (None: this service does not seal).
+    signing_key: SigningKey | None = None
+    #: The key checkpoints verify with.
+    public_key: PublicKey | None = None
     _keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
 
     def remembered_key(self, token: str) -> ApiKey | Literal[False] | None:
@@ -81,11 +92,15 @@ def create_app(
     *,
     pool: ConnectionPool[psycopg.Connection[Any]] | None = None,
     projector: bool = True,
+    sealer: bool | None = None,
 ) -> FastAPI:
     """The service. Without ``pool`` its lifespan opens one (on the embedded server when no
     database URL is set) and closes it; a pool handed in is never closed. The hot reads
     (lookup, context, timeline) get an async pool of their own on the same database. With
-    ``projector`` the projections run in a thread beside the API."""
+    ``projector`` the projections run in a thread beside the API; with ``sealer`` (by
+    default, when the projector runs) a thread seals the log every
+    ``audit_seal_interval`` seconds, when a signing key is configured (or the embedded
+    default's)."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
@@ -105,6 +120,10 @@ def create_app(
                 store.conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size
             )
             svc = Service(settings, store, reads, settings.service_levels())
+            svc.signing_key = signing_key_from_settings(settings)
+            svc.public_key = public_key_from_settings(settings)
+            if projector if sealer is None else sealer:
+                stack.callback(_start_sealer(svc))
             if projector:
                 svc.runner = ProjectionRunner(store, all_projections())
                 thread = threading.Thread(target=_project, args=(svc.runner,), daemon=True)
@@ -200,6 +219,35 @@ def _document_append_bodies(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _start_sealer(svc: Service) -> Callable[[], None]:
+    """Seal the log every ``audit_seal_interval`` seconds in a thread; the stop function."""
+    stop = threading.Event()
+    key = svc.signing_key
+    if key is None:
+        log.warning(
+            "not sealing the log: set INTERACTION_STORE_AUDIT_SIGNING_KEY"
+            " (interaction-store audit keygen makes one)"
+        )
+        return stop.set
+
+    def run() -> None:
+        while not stop.wait(svc.settings.audit_seal_interval):
+            try:
+                with svc.store.pool.connection() as conn:
+                    checkpoints.seal(conn, key)
+            except Exception:
+                log.exception("sealing failed; trying again in the next interval")
+
+    thread = threading.Thread(target=run, name="sealer", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=10)
+
+    return halt
 
 
 def _project(runner: ProjectionRunner) -> None:

@@ -232,3 +232,23 @@ class AppendedRef(_Answer):
 class AppendAnswer(_Answer):
     events: list[AppendedRef]
     position: int = Field(description="the batch's highest position: pass as min_position")
+
+
+class CheckpointAnswer(_Answer):
+    id: int = Field(description="the checkpoint's number; audit verify --from-checkpoint takes it")
+    tree_size: int = Field(description="how many events, in gap-safe order, it covers")
+    root_hash: str = Field(description="the RFC 6962 Merkle root of those events (hex)")
+    sealed_at: datetime
+    key_id: str = Field(description="the signing key: the first 16 hex digits of its SHA-256")
+    signature: str = Field(
+        description="Ed25519 over 'interaction-store checkpoint v1\\n<size>\\n<root hex>\\n"
+        "<sealed_at, YYYY-MM-DDTHH:MM:SS.ffffffZ>\\n' (base64)"
+    )
+
+
+class CheckpointPage(_Answer):
+    checkpoints: list[CheckpointAnswer]
+    public_key: str | None = Field(
+        description="the public key checkpoints verify with (base64 of 32 bytes), if known"
+    )
+    next: int = Field(description="pass as after for the next page")

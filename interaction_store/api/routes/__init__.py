@@ -3,10 +3,10 @@
 from fastapi import APIRouter, Depends
 
 from interaction_store.api.deps import known_query_parameters
-from interaction_store.api.routes import appends, customers, health, live, log
+from interaction_store.api.routes import appends, audit, customers, health, live, log
 
 __all__ = ["router"]
 
 router = APIRouter(dependencies=[Depends(known_query_parameters)])
-for module in (health, customers, live, log, appends):
+for module in (health, customers, live, log, appends, audit):
     router.include_router(module.router)
