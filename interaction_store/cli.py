@@ -33,6 +33,7 @@ from rich.text import Text
 
 from interaction_store import db, keys, views
 from interaction_store.audit import checkpoints, signing
+from interaction_store.audit.replay import replay as audit_replay_views
 from interaction_store.audit.verify import verify as audit_verify_log
 from interaction_store.batches import Tally, append_entries
 from interaction_store.connectors.asterisk import CdrSource, MalformedCdr, cdr_event
@@ -1164,6 +1165,43 @@ def audit_verify(obj: Context, from_checkpoint: int | None, quiet: bool) -> None
         f" {report.checkpoints:,} checkpoints: {'verified' if report.ok else 'NOT verified'}"
     )
     if not report.ok:
+        sys.exit(1)
+
+
+@audit_group.command(name="replay")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def audit_replay(obj: Context, quiet: bool) -> None:
+    """Rebuild every view from the log into a schema of its own and compare it with the
+    live views, row by row.
+
+    Prints "identical", or each table's rows that only the live views or only the replay
+    have (up to 20 each), and exits with status 1. The live views are not changed.
+    """
+    with obj.store() as store:
+        total = store.head() * len(all_projections())
+        with _progress(quiet, total or None, "replaying") as (progress, task):
+            seen = [0]
+
+            def advance(applied: int) -> None:
+                progress.advance(task, max(0, applied - seen[0]) if applied >= seen[0] else applied)
+                seen[0] = applied
+
+            report = audit_replay_views(store, progress=advance)
+    for difference in report.differences:
+        err.print(
+            f"[red]{difference.table}[/red] ({difference.projection}): {difference.count} rows"
+            f" only in the {difference.side} view",
+            highlight=False,
+        )
+        for row in difference.rows:
+            err.print(f"  {orjson.dumps(row).decode()}", markup=False)
+    verdict = "identical" if report.identical else "DIFFERENT"
+    click.echo(
+        f"replayed {report.events:,} events into {report.tables} tables"
+        f" ({report.rows:,} live rows): {verdict}"
+    )
+    if not report.identical:
         sys.exit(1)
 
 

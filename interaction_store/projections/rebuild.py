@@ -225,10 +225,15 @@ class _Build:
         self.checkpoint = Checkpoint.START
         self.applied = 0
         self.parked: list[tuple[RecordedEvent, Exception]] = []
+        #: Stop after this checkpoint (None: at the end of the log).
+        self.until: Checkpoint | None = None
 
     def next_batch(self) -> bool:
         """Apply the next batch to the copies (in the caller's transaction, if any)."""
         events = self.store.read_all(after=self.checkpoint, limit=self.batch_size)
+        if self.until is not None:
+            until = (self.until.transaction_id, self.until.position)
+            events = [e for e in events if (e.transaction_id, e.position) <= until]
         if not events:
             return False
         with self.conn.transaction():
