@@ -11,12 +11,14 @@ import base64
 import contextlib
 import csv
 import gc
+import getpass
 import imaplib
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,6 +35,8 @@ from rich.text import Text
 
 from interaction_store import db, keys, views
 from interaction_store.audit import checkpoints, signing
+from interaction_store.audit.access import AccessLog
+from interaction_store.audit.export import export_customer
 from interaction_store.audit.replay import replay as audit_replay_views
 from interaction_store.audit.verify import verify as audit_verify_log
 from interaction_store.batches import Tally, append_entries
@@ -1073,6 +1077,39 @@ API reference: {base}/docs
 """
 
 
+@cli.command(name="export")
+@click.argument("customer")
+@click.option(
+    "--output", "-o", type=click.File("wb"), default="-", help="Write here (default: stdout)."
+)
+@click.pass_obj
+def export_command(obj: Context, customer: str, output: IO[bytes]) -> None:
+    """Everything about CUSTOMER (an id, or an alias merged into one) as NDJSON: summary,
+    identity links, merges, events, timeline and conversation rows, and who read them.
+
+    The export is itself recorded in the access log, under "command line (<user>)".
+
+    \b
+    Example:
+      interaction-store export cu-1042 -o cu-1042.ndjson
+    """
+    with obj.store() as store:
+        with store.pool.connection() as conn:
+            found = views.find_customer_read(customer).run(conn)
+        if found is None:
+            raise click.ClickException(f"no customer {customer}")
+        log = AccessLog(store.pool)
+        user = getpass.getuser()
+        log.record(keys.ApiKey("cli", f"command line ({user})", (), _now(), None), found, "export")
+        log.flush()
+        lines = 0
+        with store.pool.connection() as conn:
+            for line in export_customer(conn, found):
+                output.write(orjson.dumps(line) + b"\n")
+                lines += 1
+    err.print(f"exported {lines:,} lines about {found}")
+
+
 # audit --------------------------------------------------------------------------------
 
 
@@ -1367,3 +1404,7 @@ def db_status(obj: Context) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -23,6 +23,7 @@ from interaction_store.api.metrics import Metrics
 from interaction_store.api.models import ProblemDetails
 from interaction_store.api.problems import JSON, install_problem_handlers
 from interaction_store.audit import checkpoints
+from interaction_store.audit.access import AccessLog
 from interaction_store.audit.signing import (
     PublicKey,
     SigningKey,
@@ -58,6 +59,8 @@ class Service:
     signing_key: SigningKey | None = None
     #: The key checkpoints verify with.
     public_key: PublicKey | None = None
+    #: Who read which customer (set by the lifespan).
+    access: AccessLog | None = None
     _keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
 
     def remembered_key(self, token: str) -> ApiKey | Literal[False] | None:
@@ -76,6 +79,11 @@ class Service:
             self._keys.clear()
         self._keys[token] = (key, time.monotonic() + KEY_CACHE_SECONDS)
         return key
+
+    def accessed(self, key: ApiKey, customer_id: str, endpoint: str) -> None:
+        """Record that ``key`` read ``customer_id`` through ``endpoint``."""
+        if self.access is not None:
+            self.access.record(key, customer_id, endpoint)
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -120,6 +128,9 @@ def create_app(
                 store.conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size
             )
             svc = Service(settings, store, reads, settings.service_levels())
+            svc.access = AccessLog(own)
+            svc.access.start()
+            stack.callback(svc.access.close)
             svc.signing_key = signing_key_from_settings(settings)
             svc.public_key = public_key_from_settings(settings)
             if projector if sealer is None else sealer:

@@ -30,6 +30,7 @@ __all__ = [
     "PathId",
     "Reader",
     "Svc",
+    "id_query",
     "known_query_parameters",
     "require",
     "service",
@@ -43,6 +44,11 @@ MAX_POSITION = 2**63 - 1
 _STORABLE = r"^[^\x00]*$"
 #: A customer, conversation or stream id in a path.
 PathId = Annotated[str, Path(min_length=1, max_length=250, pattern=_STORABLE)]
+
+
+def id_query(description: str | None = None) -> Any:
+    """A required query parameter naming something by id (as ``PathId`` does in paths)."""
+    return Query(description=description, min_length=1, max_length=250, pattern=_STORABLE)
 
 
 def text_query(description: str | None = None, *, max_length: int = 1000) -> Any:

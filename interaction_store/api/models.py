@@ -9,7 +9,7 @@ checks the answers against this document.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -251,4 +251,19 @@ class CheckpointPage(_Answer):
     public_key: str | None = Field(
         description="the public key checkpoints verify with (base64 of 32 bytes), if known"
     )
+    next: int = Field(description="pass as after for the next page")
+
+
+class AccessAnswer(_Answer):
+    id: int
+    read_at: datetime
+    key_id: str
+    key_name: str
+    customer_id: str = Field(description="the customer read (its id then, if since merged)")
+    endpoint: Literal["timeline", "summary", "context", "export"]
+
+
+class AccessPage(_Answer):
+    customer_id: str
+    accesses: list[AccessAnswer]
     next: int = Field(description="pass as after for the next page")

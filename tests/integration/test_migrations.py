@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0006_audit"
+HEAD = "0007_access_log"
 
 
 def tables(url: str) -> set[str]:

@@ -1,17 +1,23 @@
-"""What auditors read: the signed checkpoints that seal the log."""
+"""What auditors read: the signed checkpoints that seal the log, and who read whom."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from interaction_store.api.deps import MAX_POSITION, Auditor, Svc
-from interaction_store.api.models import CheckpointPage, problems
-from interaction_store.api.problems import JSON
+from interaction_store import views
+from interaction_store.api.deps import MAX_POSITION, Auditor, PathId, Svc, id_query
+from interaction_store.api.models import AccessPage, CheckpointPage, problems
+from interaction_store.api.problems import JSON, Problem
 from interaction_store.audit import checkpoints
+from interaction_store.audit.access import Access, accesses
+from interaction_store.audit.export import export_customer
 
 __all__ = ["router"]
 
@@ -56,3 +62,76 @@ async def list_checkpoints(
             "next": found[-1].checkpoint_id if found else after,
         }
     )
+
+
+@router.get("/v1/audit/access", response_model=AccessPage, responses=problems(401, 403, 422))
+async def access_log(
+    svc: Svc,
+    key: Auditor,
+    customer_id: Annotated[str, id_query("the customer (or a merged alias)")],
+    after: Annotated[int, Query(ge=0, le=MAX_POSITION, description="an access id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSON:
+    """Who read the customer: every read of its timeline, summary, context or export,
+    oldest first, with the API key's id and name."""
+
+    def read() -> list[Access]:
+        if svc.access is not None:
+            svc.access.flush()  # the reads of a moment ago, too
+        with svc.connection() as conn:
+            return accesses(conn, customer_id, after=after, limit=limit)
+
+    found = await run_in_threadpool(read)
+    return JSON(
+        {
+            "customer_id": customer_id,
+            "accesses": [
+                {
+                    "id": a.access_id,
+                    "read_at": a.read_at,
+                    "key_id": a.key_id,
+                    "key_name": a.key_name,
+                    "customer_id": a.customer_id,
+                    "endpoint": a.endpoint,
+                }
+                for a in found
+            ],
+            "next": found[-1].access_id if found else after,
+        }
+    )
+
+
+@router.get(
+    "/v1/customers/{customer_id}/export",
+    tags=["customers"],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "NDJSON: one object per line, each naming its record.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **problems(401, 403, 404, 422),
+    },
+)
+async def export(svc: Svc, key: Auditor, customer_id: PathId) -> StreamingResponse:
+    """Everything about the person, across all their identities: summary, identity links,
+    merges, events, timeline and conversation rows, and who read them (NDJSON, streamed;
+    the first line is ``export``, the last ``end``)."""
+
+    def found() -> str | None:
+        with svc.connection() as conn:
+            return views.find_customer_read(customer_id).run(conn)
+
+    customer = await run_in_threadpool(found)
+    if customer is None:
+        raise Problem(404, "Not found", f"no customer {customer_id}")
+    svc.accessed(key, customer, "export")
+    if svc.access is not None:
+        await run_in_threadpool(svc.access.flush)  # the export lists itself
+
+    def lines() -> Iterator[bytes]:
+        with svc.connection() as conn:
+            for line in export_customer(conn, customer):
+                yield orjson.dumps(line) + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -67,7 +67,9 @@ async def lookup(
 async def customer_summary(svc: Svc, key: Reader, customer_id: PathId) -> JSON:
     """The omniscient summary: profile, identities, channels, open conversations,
     preferred agent and priority. A merged customer's id answers for its target."""
-    return JSON(await run_in_threadpool(_summary, svc, customer_id))
+    summary = await run_in_threadpool(_summary, svc, customer_id)
+    svc.accessed(key, summary["customer_id"], "summary")
+    return JSON(summary)
 
 
 def _summary(svc: Service, customer_id: str) -> dict[str, Any]:
@@ -149,6 +151,7 @@ async def customer_context(svc: Svc, key: Reader, customer_id: PathId) -> JSON:
     found = await _read(svc, views.context_read(customer_id, service_levels=svc.service_levels))
     if found is None:
         raise not_found(customer_id)
+    svc.accessed(key, found["customer_id"], "context")
     return JSON(found)
 
 
@@ -205,6 +208,7 @@ async def customer_timeline(
         found = await _read(svc, views.find_customer_read(customer_id))
     if found is None:
         raise not_found(customer_id)
+    svc.accessed(key, found, "timeline")
     return JSON(
         {
             "customer_id": found,
