@@ -1182,7 +1182,7 @@ def audit_verify(obj: Context, from_checkpoint: int | None, quiet: bool) -> None
         head = store.head()
         with (
             psycopg.connect(store.conninfo) as conn,
-            _progress(quiet, head * 2 or None, "verifying") as (progress, task),
+            _progress(quiet, head or None, "verifying") as (progress, task),
         ):
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True

@@ -34,8 +34,10 @@ __all__ = [
     "ChainRow",
     "canonical_json",
     "content_digest",
+    "content_digest_of",
     "format_time",
     "link_hash",
+    "link_hash_of",
     "metadata_digest",
     "verify_chain",
 ]
@@ -64,10 +66,25 @@ def content_digest(
 ) -> bytes:
     """The digest of an event's content. ``data`` may come already serialised as canonical
     JSON (an ``orjson.Fragment``), which spares serialising a large payload twice."""
+    return content_digest_of(
+        str(event_id), stream_id, type, schema_version, format_time(occurred_at), data
+    )
+
+
+def content_digest_of(
+    event_id: str,
+    stream_id: str,
+    type: str,
+    schema_version: int,
+    occurred_at: str,
+    data: Mapping[str, Any] | orjson.Fragment,
+) -> bytes:
+    """``content_digest`` from the id and the time already written as text (as a
+    verifier reads them from the database, ``occurred_at`` as ``format_time`` writes it)."""
     document = {
         "data": data,
-        "id": str(event_id),
-        "occurred_at": format_time(occurred_at),
+        "id": event_id,
+        "occurred_at": occurred_at,
         "schema_version": schema_version,
         "stream_id": stream_id,
         "type": type,
@@ -86,7 +103,19 @@ def link_hash(
     stream_version: int,
     recorded_at: datetime,
 ) -> bytes:
-    micros = (recorded_at - _EPOCH) // timedelta(microseconds=1)
+    return link_hash_of(
+        prev_hash,
+        content,
+        metadata,
+        stream_version,
+        (recorded_at - _EPOCH) // timedelta(microseconds=1),
+    )
+
+
+def link_hash_of(
+    prev_hash: bytes, content: bytes, metadata: bytes, stream_version: int, micros: int
+) -> bytes:
+    """``link_hash`` with ``recorded_at`` given as microseconds since 1970 (UTC)."""
     return hashlib.sha256(
         prev_hash
         + content

@@ -11,6 +11,8 @@ Three checks, each over what is stored, trusting nothing else:
 3. **The chains**: every stream's events, in version order, hash to what they store (see
    ``chain``): a changed payload, header field or metadata shows here.
 
+The tree and the chains are checked in one pass over the events in gap-safe order.
+
 ``from_checkpoint`` verifies only what came after a checkpoint already verified (whose
 signature is still checked), for a quick regular run.
 """
@@ -25,7 +27,13 @@ from typing import Any
 import orjson
 import psycopg
 
-from interaction_store.audit.chain import ZERO_HASH, ChainRow, verify_chain
+from interaction_store.audit.chain import (
+    ZERO_HASH,
+    canonical_json,
+    content_digest_of,
+    link_hash_of,
+    metadata_digest,
+)
 from interaction_store.audit.checkpoints import SealedCheckpoint, checkpoints
 from interaction_store.audit.merkle import Frontier, leaf_hash
 from interaction_store.audit.signing import PublicKey
@@ -77,8 +85,7 @@ def verify(
     progress: Callable[[int], None] = lambda _: None,
 ) -> VerifyReport:
     """Check the checkpoints, the tree and every stream chain. ``key`` may be None only
-    when there are no checkpoints yet. ``progress`` is told of events checked, twice
-    each (once for the tree, once for the chains).
+    when there are no checkpoints yet. ``progress`` is told of events checked.
 
     ``conn`` must not be in autocommit mode: the checks read the log through cursors of
     one transaction, best a REPEATABLE READ one, so that all three see one snapshot.
@@ -93,8 +100,7 @@ def verify(
         start = chosen[0]
         sealed = [c for c in sealed if c.checkpoint_id >= from_checkpoint]
     _check_checkpoints(sealed, key, report)
-    _check_tree(conn, sealed, start, report, progress)
-    _check_chains(conn, start, report, progress)
+    _check_log(conn, sealed, start, report, progress)
     return report
 
 
@@ -127,13 +133,107 @@ def _check_checkpoints(
         previous = checkpoint.tree_size
 
 
-def _check_tree(
+_EVENTS = """
+SELECT position, stream_id, stream_version, event_id::text, type, schema_version,
+       to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       (extract(epoch FROM recorded_at) * 1000000)::bigint,
+       payload::text, metadata::text, content_digest, hash, prev_hash
+  FROM events
+ WHERE (transaction_id, position) > (%s::text::xid8, %s::bigint)
+ ORDER BY events.transaction_id, events.position
+"""
+
+
+class _Chains:
+    """Every stream's chain, checked as its events come in commit order.
+
+    A stream's versions almost always commit in order; when one comes before the version
+    it follows (two writers whose transactions began in one order and committed in the
+    other), it waits in ``early`` until that version has been checked.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], report: VerifyReport, fresh: bool) -> None:
+        self.conn = conn
+        self.report = report
+        self.fresh = fresh  # from the first event: every stream starts at version 1
+        self.heads: dict[str, tuple[int, bytes]] = {}
+        self.early: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self.failed = False
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        stream_id, version = row[1], row[2]
+        head = self.heads.get(stream_id)
+        if head is None:
+            head = self._start(stream_id, version)
+        if version != head[0] + 1:
+            if version > head[0] + 1:
+                self.early[(stream_id, version)] = row
+            else:
+                self._fail(row, f"version {version} comes again after version {head[0]}")
+            return
+        self._check(row, head[1])
+        while (
+            later := self.early.pop((stream_id, self.heads[stream_id][0] + 1), None)
+        ) is not None:
+            self._check(later, self.heads[stream_id][1])
+
+    def finish(self) -> None:
+        for (stream_id, version), row in sorted(self.early.items(), key=lambda i: i[1][0]):
+            head = self.heads.get(stream_id, (0, ZERO_HASH))
+            self._fail(row, f"version {head[0] + 1} is missing (version {version} follows it)")
+
+    def _start(self, stream_id: str, version: int) -> tuple[int, bytes]:
+        self.report.streams += 1
+        if self.fresh or version == 1:
+            head = (0, ZERO_HASH)
+        else:  # verifying from a checkpoint: the stream's earlier part is trusted
+            row = self.conn.execute(
+                "SELECT stream_version, hash FROM events WHERE stream_id = %s"
+                " AND stream_version = %s",
+                (stream_id, version - 1),
+            ).fetchone()
+            head = (version - 1, bytes(row[1])) if row is not None else (0, ZERO_HASH)
+        self.heads[stream_id] = head
+        return head
+
+    def _check(self, row: tuple[Any, ...], prev: bytes) -> None:
+        (_position, stream_id, version, event_id, type_, schema_version, occurred_at,
+         micros, payload, metadata, stored_digest, stored_hash, prev_hash) = row  # fmt: skip
+        stored_hash = bytes(stored_hash)
+        self.heads[stream_id] = (version, stored_hash)
+        if bytes(prev_hash) != prev:
+            self._fail(row, f"version {version}: prev_hash is not the previous event's hash")
+            return
+        digest = content_digest_of(
+            event_id,
+            stream_id,
+            type_,
+            schema_version,
+            occurred_at,
+            orjson.Fragment(canonical_json(orjson.loads(payload))),
+        )
+        if digest != bytes(stored_digest):
+            self._fail(row, f"version {version}: content differs from its digest")
+            return
+        meta = metadata_digest(orjson.Fragment(canonical_json(orjson.loads(metadata))))
+        if link_hash_of(prev, digest, meta, version, micros) != stored_hash:
+            self._fail(row, f"version {version}: hash does not match the event and its predecessor")
+
+    def _fail(self, row: tuple[Any, ...], what: str) -> None:
+        if not self.failed:
+            self.report.failures.append(Failure(what, position=row[0], stream_id=row[1]))
+            self.failed = True
+
+
+def _check_log(
     conn: psycopg.Connection[Any],
     sealed: list[SealedCheckpoint],
     start: SealedCheckpoint | None,
     report: VerifyReport,
     progress: Callable[[int], None],
 ) -> None:
+    """One pass over the events in gap-safe order: the tree leaf by leaf, and each
+    stream's chain."""
     if start is None:
         frontier, after = Frontier(), ("0", 0)
     else:
@@ -141,15 +241,7 @@ def _check_tree(
         txid, position = start.last_read.split(":")
         after = (txid, int(position))
     pending = [c for c in sealed if c.tree_size > frontier.size]
-    events = _rows(
-        conn,
-        """
-        SELECT position, stream_id, hash FROM events
-         WHERE (transaction_id, position) > (%s::text::xid8, %s::bigint)
-         ORDER BY events.transaction_id, events.position
-        """,
-        after,
-    )
+    chains = _Chains(conn, report, fresh=start is None)
     stored = _rows(
         conn,
         "SELECT leaf_index, position, leaf_hash FROM audit_leaves WHERE leaf_index >= %s"
@@ -158,9 +250,11 @@ def _check_tree(
     )
     failed = False
     done = 0
-    for position, stream_id, event_hash in events:
+    for row in _rows(conn, _EVENTS, after):
+        chains.add(row)
+        position, stream_id, event_hash = row[0], row[1], bytes(row[11])
         index = frontier.size
-        leaf = leaf_hash(bytes(event_hash))
+        leaf = leaf_hash(event_hash)
         sealed_leaf = next(stored, None)
         if not failed and sealed_leaf is not None:
             if sealed_leaf[1] != position:
@@ -196,6 +290,7 @@ def _check_tree(
                     )
                 )
                 failed = True
+    chains.finish()
     progress(done % _FETCH)
     report.events = done
     if pending and not failed:
@@ -209,84 +304,6 @@ def _check_tree(
                 checkpoint_id=pending[0].checkpoint_id,
             )
         )
-
-
-def _check_chains(
-    conn: psycopg.Connection[Any],
-    start: SealedCheckpoint | None,
-    report: VerifyReport,
-    progress: Callable[[int], None],
-) -> None:
-    after = ("0", 0) if start is None else tuple(start.last_read.split(":"))
-    rows = _rows(
-        conn,
-        """
-        SELECT position, event_id, stream_id, stream_version, type, schema_version,
-               occurred_at, recorded_at, payload::text, metadata::text, content_digest,
-               hash, prev_hash
-          FROM events
-         WHERE (transaction_id, position) > (%s::text::xid8, %s::bigint)
-         ORDER BY stream_id, stream_version
-        """,
-        (after[0], int(after[1])),
-    )
-    stream: list[ChainRow] = []
-    failed = False
-    done = 0
-
-    def check(chain: list[ChainRow]) -> None:
-        nonlocal failed
-        report.streams += 1
-        first = chain[0]
-        prev = ZERO_HASH
-        if first.stream_version > 1:
-            prev = _hash_of(conn, first.stream_id, first.stream_version - 1) or ZERO_HASH
-        result = verify_chain(first.stream_id, chain, prev=prev, first_version=first.stream_version)
-        if result.broken is not None and not failed:
-            broken = result.broken
-            report.failures.append(
-                Failure(
-                    f"version {broken.stream_version}: {broken.reason}",
-                    position=broken.position,
-                    stream_id=broken.stream_id,
-                )
-            )
-            failed = True
-
-    for row in rows:
-        chained = ChainRow(
-            position=row[0],
-            event_id=row[1],
-            stream_id=row[2],
-            stream_version=row[3],
-            type=row[4],
-            schema_version=row[5],
-            occurred_at=row[6],
-            recorded_at=row[7],
-            data=orjson.loads(row[8]),
-            metadata=orjson.loads(row[9]),
-            content_digest=bytes(row[10]),
-            hash=bytes(row[11]),
-            prev_hash=bytes(row[12]),
-        )
-        if stream and stream[0].stream_id != chained.stream_id:
-            check(stream)
-            stream = []
-        stream.append(chained)
-        done += 1
-        if done % _FETCH == 0:
-            progress(_FETCH)
-    if stream:
-        check(stream)
-    progress(done % _FETCH)
-
-
-def _hash_of(conn: psycopg.Connection[Any], stream_id: str, version: int) -> bytes | None:
-    row = conn.execute(
-        "SELECT hash FROM events WHERE stream_id = %s AND stream_version = %s",
-        (stream_id, version),
-    ).fetchone()
-    return None if row is None else bytes(row[0])
 
 
 def _rows(conn: psycopg.Connection[Any], statement: str, params: Any) -> Iterator[Any]:
