@@ -19,6 +19,7 @@ signature is still checked), for a quick regular run.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -144,6 +145,12 @@ SELECT position, stream_id, stream_version, event_id::text, type, schema_version
 """
 
 
+@functools.lru_cache(maxsize=4096)
+def _metadata_digest(text: str) -> bytes:
+    """Metadata repeats from event to event (the connector's name): digested once."""
+    return metadata_digest(orjson.Fragment(canonical_json(orjson.loads(text))))
+
+
 class _Chains:
     """Every stream's chain, checked as its events come in commit order.
 
@@ -215,7 +222,7 @@ class _Chains:
         if digest != bytes(stored_digest):
             self._fail(row, f"version {version}: content differs from its digest")
             return
-        meta = metadata_digest(orjson.Fragment(canonical_json(orjson.loads(metadata))))
+        meta = _metadata_digest(metadata)
         if link_hash_of(prev, digest, meta, version, micros) != stored_hash:
             self._fail(row, f"version {version}: hash does not match the event and its predecessor")
 
