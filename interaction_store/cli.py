@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from interaction_store import db, keys, views
+from interaction_store.asof import as_of, parse_as_of
 from interaction_store.audit import checkpoints, signing
 from interaction_store.audit.access import AccessLog
 from interaction_store.audit.export import export_customer
@@ -777,12 +778,35 @@ def deadletters_skip(obj: Context, dead_letter_id: int) -> None:
     click.echo(f"dead letter {letter.id}: event {letter.position:,} skipped by {letter.projection}")
 
 
+_AS_OF_HELP = (
+    "Show it as it stood at this position of the log, or at this time (ISO 8601 with its"
+    " offset), with the identity graph of then."
+)
+
+
+def _then(
+    conn: psycopg.Connection[Any], text: str | None, who: str, settings: Settings
+) -> contextlib.AbstractContextManager[None]:
+    """The views as of ``text`` on ``conn`` (the live ones without it)."""
+    if text is None:
+        return contextlib.nullcontext()
+    try:
+        position = parse_as_of(conn, text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--as-of") from None
+    customer = who if ":" not in who else _find_customer(conn, who, settings)
+    return as_of(conn, position, customer)
+
+
 @cli.command(name="timeline")
 @click.argument("who")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--channel", type=click.Choice(["email", "voice", "chat", "sms", "twitter"]))
+@click.option("--as-of", "as_of_text", help=_AS_OF_HELP)
 @click.pass_obj
-def timeline_command(obj: Context, who: str, limit: int, channel: str | None) -> None:
+def timeline_command(
+    obj: Context, who: str, limit: int, channel: str | None, as_of_text: str | None
+) -> None:
     """Print a customer's cross-channel timeline, newest first, with each conversation's
     service-level state.
 
@@ -795,7 +819,7 @@ def timeline_command(obj: Context, who: str, limit: int, channel: str | None) ->
     levels = obj.settings.service_levels()
     with obj.store(migrate=True) as store:
         _catch_up(store)
-        with store.pool.connection() as conn:
+        with store.pool.connection() as conn, _then(conn, as_of_text, who, obj.settings):
             customer = _find_customer(conn, who, obj.settings)
             items = views.timeline(conn, customer, limit=limit, channel=channel)
             found = views.conversations(
@@ -869,8 +893,9 @@ def _sla_state(conversation: views.ConversationSummary | None, follow_up: bool) 
 
 @cli.command(name="customer")
 @click.argument("who")
+@click.option("--as-of", "as_of_text", help=_AS_OF_HELP)
 @click.pass_obj
-def customer_command(obj: Context, who: str) -> None:
+def customer_command(obj: Context, who: str, as_of_text: str | None) -> None:
     """Print a customer's summary: profile, priority, identities, activity per channel,
     preferred agent and open conversations.
 
@@ -883,7 +908,7 @@ def customer_command(obj: Context, who: str) -> None:
     levels = obj.settings.service_levels()
     with obj.store(migrate=True) as store:
         _catch_up(store)
-        with store.pool.connection() as conn:
+        with store.pool.connection() as conn, _then(conn, as_of_text, who, obj.settings):
             summary = views.customer(
                 conn, _find_customer(conn, who, obj.settings), service_levels=levels
             )

@@ -9,9 +9,11 @@ and runs in a worker thread.
 from __future__ import annotations
 
 import base64
+import contextlib
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
+import psycopg
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +28,7 @@ from interaction_store.api.models import (
     problems,
 )
 from interaction_store.api.problems import JSON, Problem
+from interaction_store.asof import as_of, parse_as_of
 
 __all__ = ["conversation_json", "item_json", "not_found", "router"]
 
@@ -42,6 +45,27 @@ async def _read(svc: Service, read: views.Read[T]) -> T:
 
 def not_found(customer_id: str) -> Problem:
     return Problem(404, "Not found", f"no customer {customer_id}")
+
+
+#: ``as_of``: the views as they stood at a position of the log, or at a time.
+AsOf = Annotated[
+    str | None,
+    text_query(
+        "a position of the log (digits), or a date-time with its offset: the view as it"
+        " stood then, with the identity graph of then",
+        max_length=40,
+    ),
+]
+
+
+def _as_of_position(conn: psycopg.Connection[Any], text: str) -> int:
+    """The position ``as_of`` names; a Problem (422) when it names none."""
+    try:
+        return parse_as_of(conn, text)
+    except ValueError as exc:
+        raise Problem(
+            422, "Invalid request", f"as_of: {exc}", errors=[{"field": "as_of", "reason": str(exc)}]
+        ) from None
 
 
 @router.get("/v1/customers/lookup", response_model=LookupAnswer, responses=_READ_PROBLEMS)
@@ -64,20 +88,27 @@ async def lookup(
 
 
 @router.get("/v1/customers/{customer_id}", response_model=CustomerAnswer, responses=_READ_PROBLEMS)
-async def customer_summary(svc: Svc, key: Reader, customer_id: PathId) -> JSON:
+async def customer_summary(svc: Svc, key: Reader, customer_id: PathId, as_of: AsOf = None) -> JSON:
     """The omniscient summary: profile, identities, channels, open conversations,
-    preferred agent and priority. A merged customer's id answers for its target."""
-    summary = await run_in_threadpool(_summary, svc, customer_id)
+    preferred agent and priority. A merged customer's id answers for its target. With
+    ``as_of``, the summary as it stood then."""
+    summary = await run_in_threadpool(_summary, svc, customer_id, as_of)
     svc.accessed(key, summary["customer_id"], "summary")
     return JSON(summary)
 
 
-def _summary(svc: Service, customer_id: str) -> dict[str, Any]:
+def _summary(svc: Service, customer_id: str, as_of_text: str | None = None) -> dict[str, Any]:
     with svc.connection() as conn:
-        found = views.find_customer_read(customer_id).run(conn)
-        if found is None:
-            raise not_found(customer_id)
-        s = views.customer(conn, found, service_levels=svc.service_levels)
+        past = (
+            contextlib.nullcontext()
+            if as_of_text is None
+            else as_of(conn, _as_of_position(conn, as_of_text), customer_id)
+        )
+        with past:
+            found = views.find_customer_read(customer_id).run(conn)
+            if found is None:
+                raise not_found(customer_id)
+            s = views.customer(conn, found, service_levels=svc.service_levels)
     p = s.profile
     return {
         "customer_id": s.customer_id,
@@ -188,8 +219,10 @@ async def customer_timeline(
     conversation_id: Annotated[str | None, text_query(max_length=250)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    as_of: AsOf = None,
 ) -> JSON:
-    """The customer's interactions on every channel, newest first."""
+    """The customer's interactions on every channel, newest first. With ``as_of``, the
+    timeline as it stood then (whose customer each interaction was, then)."""
     read = views.timeline_read(
         customer_id,
         limit=limit,
@@ -200,12 +233,15 @@ async def customer_timeline(
         since=since,
         until=until,
     )
-    items = await _read(svc, read)
-    # One query when there are items; only an empty page asks whether the customer exists.
-    if items:
-        found: str | None = items[0].customer_id
+    if as_of is not None:
+        items, found = await run_in_threadpool(_timeline_then, svc, customer_id, read, as_of)
     else:
-        found = await _read(svc, views.find_customer_read(customer_id))
+        items = await _read(svc, read)
+        # One query when there are items; only an empty page asks whether the customer is.
+        if items:
+            found = items[0].customer_id
+        else:
+            found = await _read(svc, views.find_customer_read(customer_id))
     if found is None:
         raise not_found(customer_id)
     svc.accessed(key, found, "timeline")
@@ -216,6 +252,13 @@ async def customer_timeline(
             "next_cursor": _cursor(items[-1].position) if len(items) == limit else None,
         }
     )
+
+
+def _timeline_then(
+    svc: Service, customer_id: str, read: views.Read[list[views.TimelineItem]], text: str
+) -> tuple[list[views.TimelineItem], str | None]:
+    with svc.connection() as conn, as_of(conn, _as_of_position(conn, text), customer_id):
+        return read.run(conn), views.find_customer_read(customer_id).run(conn)
 
 
 def item_json(i: views.TimelineItem) -> dict[str, Any]:
