@@ -4,7 +4,6 @@ in the views module, the API and the command line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -83,11 +82,13 @@ def test_the_summary_as_of_a_moment_has_the_profile_and_identities_of_then(
         with as_of(conn, moments["linked"] - 1, "cu-ann"):
             then = views.customer(conn, "cu-ann")
         now = views.customer(conn, "cu-ann")  # the live views are back after the block
-    assert then.profile is not None and then.profile.tier == "silver"
+    assert then.profile is not None
+    assert then.profile.tier == "silver"
     assert {(i.kind, i.value) for i in then.identities} == {("email", "ann@example.com")}
     assert then.aliases == []
     assert then.interactions == 1
-    assert now.profile is not None and now.profile.tier == "gold"
+    assert now.profile is not None
+    assert now.profile.tier == "gold"
     assert now.aliases == ["cu-old"]
     assert now.interactions == 3
 
