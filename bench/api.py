@@ -41,15 +41,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from projections import load
+from projections import generated_log
 
-from interaction_store.db import migrate, open_pool
+from interaction_store.db import open_pool
 from interaction_store.embedded import EmbeddedPostgres
 from interaction_store.keys import create_key
 from interaction_store.projections import ProjectionRunner, all_projections
@@ -228,22 +224,11 @@ def main() -> None:
 
     server = EmbeddedPostgres(Path(".bench/pg"))
     admin_url = server.start()
-    name = f"bench_views_{args.events}_{args.customers}"
     service = None
     try:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            if (
-                admin.execute("SELECT FROM pg_database WHERE datname = %s", (name,)).fetchone()
-                is None
-            ):
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = make_conninfo(admin_url, dbname=name)
-        migrate(url)
+        url = generated_log(admin_url, args.events, args.customers, args.seed)
         with open_pool(url, min_size=1, max_size=4) as pool:
             store = Store(pool)
-            if store.head() == 0:
-                print(f"loading {args.events:,} events (once) ...", flush=True)
-                load(store, args.events, args.customers, args.seed)
             print("catching the views up ...", flush=True)
             ProjectionRunner(store, all_projections(), batch_size=1000).catch_up()
             key, _ = create_key(pool, "bench/api.py", ["timeline:read", "events:append"])

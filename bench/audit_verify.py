@@ -20,14 +20,12 @@ import time
 from pathlib import Path
 
 import psycopg
-from projections import load
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from projections import generated_log
 
 from interaction_store.audit import checkpoints
 from interaction_store.audit.signing import SigningKey
 from interaction_store.audit.verify import verify
-from interaction_store.db import migrate, open_pool
+from interaction_store.db import open_pool
 from interaction_store.embedded import EmbeddedPostgres
 from interaction_store.store import Store
 
@@ -66,22 +64,11 @@ def main() -> None:
 
     server = EmbeddedPostgres(Path(".bench/pg"))
     admin_url = server.start()
-    name = f"bench_views_{args.events}_{args.customers}"
     try:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            if (
-                admin.execute("SELECT FROM pg_database WHERE datname = %s", (name,)).fetchone()
-                is None
-            ):
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = make_conninfo(admin_url, dbname=name)
-        migrate(url)
+        url = generated_log(admin_url, args.events, args.customers, args.seed)
         key = SigningKey.generate()
         with open_pool(url, min_size=1, max_size=4) as pool:
             store = Store(pool)
-            if store.head() == 0:
-                print(f"loading {args.events:,} events (once) ...", flush=True)
-                load(store, args.events, args.customers, args.seed)
             with pool.connection() as conn:  # a fresh tree, signed with this run's key
                 conn.execute("TRUNCATE audit_leaves, audit_checkpoints")
                 began = time.perf_counter()

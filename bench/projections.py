@@ -71,6 +71,29 @@ def load(store: Store, events: int, customers: int, seed: int) -> None:
         store.append_batch(batch)
 
 
+def generated_log(admin_url: str, events: int, customers: int, seed: int) -> str:
+    """The URL of the database ``bench_views_<events>_<customers>``, made, migrated and
+    loaded with the generated log the first time (later runs reuse it)."""
+    name = f"bench_views_{events}_{customers}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        exists = admin.execute("SELECT FROM pg_database WHERE datname = %s", (name,))
+        if exists.fetchone() is None:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(admin_url, dbname=name)
+    migrate(url)
+    with open_pool(url, min_size=1, max_size=4) as pool:
+        store = Store(pool)
+        try:
+            if store.head() == 0:
+                print(f"loading {events:,} events (once; later runs reuse {name}) ...")
+                load(store, events, customers, seed)
+                with pool.connection() as conn:
+                    conn.execute("VACUUM ANALYZE")
+        finally:
+            store.close()
+    return url
+
+
 def scan(store: Store) -> float:
     """Events per second of a plain gap-safe read of the whole log."""
     began, after, count = time.perf_counter(), Checkpoint.START, 0
@@ -153,23 +176,13 @@ def main() -> None:
     began = time.perf_counter()
     server = None if args.url else EmbeddedPostgres(Path(".bench/pg"))
     admin_url = server.start() if server else args.url
-    name = f"bench_views_{args.events}_{args.customers}"
     figures: dict[str, Any] = {"events": args.events, "customers": args.customers}
     try:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            exists = admin.execute("SELECT FROM pg_database WHERE datname = %s", (name,))
-            if exists.fetchone() is None:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = generated_log(admin_url, args.events, args.customers, args.seed)
+        with psycopg.connect(admin_url) as admin:
             version = admin.execute("SHOW server_version").fetchone()
-        url = make_conninfo(admin_url, dbname=name)
-        migrate(url)
         with open_pool(url, min_size=2, max_size=4) as pool:
             store = Store(pool)
-            if store.head() == 0:
-                print(f"loading {args.events:,} events (once; later runs reuse {name}) ...")
-                load(store, args.events, args.customers, args.seed)
-                with pool.connection() as conn:
-                    conn.execute("VACUUM ANALYZE")
             with pool.connection() as conn:
                 count = conn.execute("SELECT count(*) FROM events").fetchone()
             figures["loaded"] = count[0] if count else 0

@@ -28,12 +28,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from interaction_store.events import upcast
 from interaction_store.projections.conversations import ConversationsProjection
 from interaction_store.projections.customers import CustomersProjection
 from interaction_store.projections.rebuild import _live_schema
 from interaction_store.projections.timeline import TimelineProjection, provisional_customer_id
-from interaction_store.store import RecordedEvent
+from interaction_store.store import EVENT_COLUMNS, RecordedEvent, recorded_event
 
 __all__ = ["as_of", "parse_as_of", "position_at"]
 
@@ -45,10 +44,7 @@ _TABLES = (
     "conversations",
     "conversation_waits",
 )
-_COLUMNS = (
-    "position, transaction_id::text, event_id, stream_id, stream_version, type,"
-    " schema_version, occurred_at, recorded_at, payload, metadata, hash, prev_hash"
-)
+_COLUMNS = EVENT_COLUMNS
 
 
 def position_at(conn: psycopg.Connection[Any], moment: datetime) -> int:
@@ -222,24 +218,4 @@ def _conversations(conn: psycopg.Connection[Any], position: int) -> None:
 
 
 def _events(conn: psycopg.Connection[Any], statement: str, params: Any) -> list[RecordedEvent]:
-    events = []
-    for row in conn.execute(statement, params).fetchall():
-        schema_version, data = upcast(row[5], row[6], row[9])
-        events.append(
-            RecordedEvent(
-                position=row[0],
-                transaction_id=int(row[1]),
-                event_id=row[2],
-                stream_id=row[3],
-                stream_version=row[4],
-                type=row[5],
-                schema_version=schema_version,
-                occurred_at=row[7],
-                recorded_at=row[8],
-                data=data,
-                metadata=row[10],
-                hash=bytes(row[11]),
-                prev_hash=bytes(row[12]),
-            )
-        )
-    return events
+    return [recorded_event(row) for row in conn.execute(statement, params).fetchall()]

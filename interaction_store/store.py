@@ -64,6 +64,7 @@ from interaction_store.sql import query
 
 __all__ = [
     "ANY",
+    "EVENT_COLUMNS",
     "NO_STREAM",
     "AppendResult",
     "AppendedEvent",
@@ -74,6 +75,7 @@ __all__ = [
     "StreamAppend",
     "StreamState",
     "Transaction",
+    "recorded_event",
 ]
 
 log = logging.getLogger(__name__)
@@ -641,22 +643,7 @@ class Store:
         )
 
     def _recorded(self, row: Sequence[Any]) -> RecordedEvent:
-        schema_version, data = upcast(row[5], row[6], row[9], self.catalogue)
-        return RecordedEvent(
-            position=row[0],
-            transaction_id=int(row[1]),
-            event_id=row[2],
-            stream_id=row[3],
-            stream_version=row[4],
-            type=row[5],
-            schema_version=schema_version,
-            occurred_at=row[7],
-            recorded_at=row[8],
-            data=data,
-            metadata=row[10],
-            hash=row[12],
-            prev_hash=row[13],
-        )
+        return recorded_event(row, self.catalogue)
 
     @contextlib.contextmanager
     def _listener(self) -> Iterator[_Listener]:
@@ -665,6 +652,36 @@ class Store:
             yield listener
         finally:
             listener.close()
+
+
+def recorded_event(
+    row: Sequence[Any], catalogue: Mapping[str, type[EventBase]] = CATALOGUE
+) -> RecordedEvent:
+    """A row of ``EVENT_COLUMNS`` as a ``RecordedEvent``, its data upcast."""
+    schema_version, data = upcast(row[5], row[6], row[9], catalogue)
+    return RecordedEvent(
+        position=row[0],
+        transaction_id=int(row[1]),
+        event_id=row[2],
+        stream_id=row[3],
+        stream_version=row[4],
+        type=row[5],
+        schema_version=schema_version,
+        occurred_at=row[7],
+        recorded_at=row[8],
+        data=data,
+        metadata=row[10],
+        hash=row[12],
+        prev_hash=row[13],
+    )
+
+
+#: The columns, in order, that ``recorded_event`` reads.
+EVENT_COLUMNS = (
+    "position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,"
+    " schema_version, occurred_at, recorded_at, payload, metadata, content_digest, hash,"
+    " prev_hash"
+)
 
 
 class Transaction:
