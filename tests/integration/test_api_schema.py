@@ -112,8 +112,8 @@ class AdminKey:
 LIVE = "/v1/customers/{customer_id}/timeline/live"
 # Some requests that fit the document are still refused, by rules JSON Schema cannot
 # state: an address must parse as its kind (appends, lookup), an interaction must name a
-# thread (appends), a cursor must be one the API gave out, and min_position must be a
-# position some append was given. For these a
+# thread (appends), a cursor must be one the API gave out, min_position must be a
+# position some append was given, and as_of one the log has reached. For these a
 # 422 naming the field is the right answer, so the check that expects a 2xx to every
 # request fitting the document is left out; every other check still runs on them.
 NEEDS_VALID_ADDRESSES = {
@@ -127,7 +127,7 @@ NEEDS_VALID_ADDRESSES = {
 def _semantic_rules_apply(case: Any) -> bool:
     query = case.query or {}
     return case.operation.path in NEEDS_VALID_ADDRESSES or bool(
-        {"min_position", "cursor"} & {*query}
+        {"min_position", "cursor", "as_of"} & {*query}
     )
 
 

@@ -50,10 +50,11 @@ def not_found(customer_id: str) -> Problem:
 #: ``as_of``: the views as they stood at a position of the log, or at a time.
 AsOf = Annotated[
     str | None,
-    text_query(
-        "a position of the log (digits), or a date-time with its offset: the view as it"
-        " stood then, with the identity graph of then",
-        max_length=40,
+    Query(
+        description="a position of the log (digits), or a date-time with its UTC offset:"
+        " the view as it stood then, with the identity graph of then",
+        pattern=r"^([0-9]{1,18}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}"
+        r"(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2}))$",
     ),
 ]
 
