@@ -34,7 +34,7 @@ from interaction_store.projections.rebuild import _live_schema
 from interaction_store.projections.timeline import TimelineProjection, provisional_customer_id
 from interaction_store.store import EVENT_COLUMNS, RecordedEvent, recorded_event
 
-__all__ = ["as_of", "parse_as_of", "position_at"]
+__all__ = ["as_of", "parse_as_of", "position_at", "recorded_at"]
 
 _TABLES = (
     "identities",
@@ -45,6 +45,15 @@ _TABLES = (
     "conversation_waits",
 )
 _COLUMNS = EVENT_COLUMNS
+
+
+def recorded_at(conn: psycopg.Connection[Any], position: int) -> datetime | None:
+    """When the event at ``position`` (or the last one before it) was recorded."""
+    row = conn.execute(
+        "SELECT recorded_at FROM events WHERE position <= %s ORDER BY position DESC LIMIT 1",
+        (position,),
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def position_at(conn: psycopg.Connection[Any], moment: datetime) -> int:
@@ -89,10 +98,14 @@ def as_of(
                     " CONSTRAINTS INCLUDING INDEXES) ON COMMIT DROP"
                 ).format(sql.Identifier(table), sql.Identifier(live, table))
             )
-        _graph(conn, live, position)
-        _timeline(conn, live, position, customer_id)
+        # Cached plans (psycopg's prepared statements, resolve_customer's) still point at
+        # the live tables: a new temporary table does not invalidate them. Plan afresh.
+        conn.execute("DISCARD PLANS")
+        cut = _cut(conn, position)
+        _graph(conn, live, cut)
+        _timeline(conn, live, cut, customer_id)
         if customer_id is not None:
-            _conversations(conn, position)
+            _conversations(conn, cut)
         try:
             yield
         finally:
@@ -105,21 +118,40 @@ def as_of(
                     )
 
 
-def _graph(conn: psycopg.Connection[Any], live: str, position: int) -> None:
+def _cut(conn: psycopg.Connection[Any], position: int) -> tuple[str, int]:
+    """Where the log ends for the read: the (transaction, position) of the event at
+    ``position`` (or the last one before it), in the order the views apply events."""
+    row = conn.execute(
+        "SELECT transaction_id::text, position FROM events WHERE position <= %s"
+        " ORDER BY position DESC LIMIT 1",
+        (position,),
+    ).fetchone()
+    return ("0", 0) if row is None else (str(row[0]), int(row[1]))
+
+
+_UPTO = "(e.transaction_id, e.position) <= (%(txid)s::text::xid8, %(position)s::bigint)"
+
+
+def _graph(conn: psycopg.Connection[Any], live: str, cut: tuple[str, int]) -> None:
     """Replay the customer events up to ``position``, each contact's first sight in its
     place."""
+    bounds = {"txid": cut[0], "position": cut[1]}
     sights = conn.execute(
         sql.SQL(
-            "SELECT min(position), contact_kind, contact_value FROM {} WHERE NOT named_customer"
-            " AND position <= %s GROUP BY contact_kind, contact_value"
+            "SELECT min(t.position), t.contact_kind, t.contact_value"
+            " FROM {} AS t JOIN events AS e ON e.position = t.position"
+            " WHERE NOT t.named_customer AND " + _UPTO + " GROUP BY t.contact_kind, t.contact_value"
         ).format(sql.Identifier(live, "timeline")),
-        (position,),
+        bounds,
     ).fetchall()
     events = _events(
         conn,
-        "SELECT " + _COLUMNS + " FROM events WHERE type LIKE 'customer.%%' AND position <= %s"
-        " ORDER BY transaction_id, position",
-        (position,),
+        "SELECT "
+        + _COLUMNS
+        + " FROM events AS e WHERE type LIKE 'customer.%%' AND "
+        + _UPTO
+        + " ORDER BY transaction_id, position",
+        bounds,
     )
     timeline, customers = TimelineProjection(), CustomersProjection()
     sights.sort()
@@ -162,14 +194,18 @@ def _first_seen(conn: psycopg.Connection[Any], sights: Sequence[tuple[Any, ...]]
 
 
 def _timeline(
-    conn: psycopg.Connection[Any], live: str, position: int, customer_id: str | None
+    conn: psycopg.Connection[Any], live: str, cut: tuple[str, int], customer_id: str | None
 ) -> None:
-    """The live rows up to ``position``, with owners and customers from the past graph."""
+    """The live rows up to the cut, with owners and customers from the past graph."""
     source = sql.Identifier(live, "timeline")
+    bounds = {"txid": cut[0], "position": cut[1], "customer": customer_id}
     if customer_id is None:
         conn.execute(
-            sql.SQL("INSERT INTO timeline SELECT * FROM {} WHERE position <= %s").format(source),
-            (position,),
+            sql.SQL(
+                "INSERT INTO timeline SELECT t.* FROM {} AS t"
+                " JOIN events AS e ON e.position = t.position WHERE " + _UPTO
+            ).format(source),
+            bounds,
         )
     else:
         conn.execute(
@@ -182,15 +218,17 @@ def _timeline(
                       JOIN family AS f ON m.target_customer_id = f.id
                 )
                 INSERT INTO timeline
-                SELECT t.* FROM {} AS t
-                 WHERE t.position <= %(position)s
+                SELECT t.* FROM {} AS t JOIN events AS e ON e.position = t.position
+                 WHERE """
+                + _UPTO
+                + """
                    AND (t.named_customer AND t.owner_id IN (SELECT id FROM family)
                         OR NOT t.named_customer AND (t.contact_kind, t.contact_value) IN (
                             SELECT kind, value FROM identities
                              WHERE customer_id IN (SELECT id FROM family)))
                 """
             ).format(source),
-            {"customer": customer_id, "position": position},
+            bounds,
         )
     conn.execute(
         """
@@ -202,16 +240,19 @@ def _timeline(
     conn.execute("UPDATE timeline SET customer_id = resolve_customer(owner_id)")
 
 
-def _conversations(conn: psycopg.Connection[Any], position: int) -> None:
+def _conversations(conn: psycopg.Connection[Any], cut: tuple[str, int]) -> None:
     streams = [
         f"conversation-{row[0]}"
         for row in conn.execute("SELECT DISTINCT conversation_id FROM timeline").fetchall()
     ]
     events = _events(
         conn,
-        "SELECT " + _COLUMNS + " FROM events WHERE stream_id = ANY(%s) AND position <= %s"
-        " ORDER BY transaction_id, position",
-        (streams, position),
+        "SELECT "
+        + _COLUMNS
+        + " FROM events AS e WHERE stream_id = ANY(%(streams)s) AND "
+        + _UPTO
+        + " ORDER BY transaction_id, position",
+        {"streams": streams, "txid": cut[0], "position": cut[1]},
     )
     if events:
         ConversationsProjection().apply(conn, events)

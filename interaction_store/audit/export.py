@@ -84,7 +84,8 @@ def _body(
             "SELECT DISTINCT conversation_id FROM timeline WHERE customer_id = %s", (customer,)
         )
     ]
-    streams = [f"customer-{c}" for c in family] + [f"conversation-{c}" for c in conversations]
+    own = [f"customer-{c}" for c in family]
+    shared = [f"conversation-{c}" for c in conversations]
     # The customer's own interactions, wherever they are filed, and the events of the
     # customer's streams and conversations (another party's interactions in a shared
     # conversation are left out).
@@ -97,13 +98,11 @@ def _body(
                    e.hash
               FROM events AS e
              WHERE e.position IN (SELECT position FROM timeline WHERE customer_id = %(c)s)
-                OR (e.stream_id = ANY(%(streams)s)
-                    AND (e.payload->'contact' IS NULL
-                         OR e.position IN (SELECT position FROM timeline
-                                            WHERE customer_id = %(c)s)))
+                OR e.stream_id = ANY(%(own)s)
+                OR (e.stream_id = ANY(%(shared)s) AND e.payload->'contact' IS NULL)
              ORDER BY e.position
             """,
-            {"c": customer, "streams": streams},
+            {"c": customer, "own": own, "shared": shared},
         )
         for row in cursor:
             version, data = upcast(row[4], row[5], row[8])

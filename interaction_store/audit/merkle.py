@@ -158,7 +158,7 @@ def verify_consistency(
     if old_size == new_size:
         return not proof and old_root == new_root
     if old_size == 0:
-        return not proof
+        return not proof and old_root == EMPTY_ROOT
     if not 0 < old_size < new_size or not proof:
         return False
     path = list(proof)

@@ -159,10 +159,13 @@ class _Chains:
     other), it waits in ``early`` until that version has been checked.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], report: VerifyReport, fresh: bool) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], report: VerifyReport, after: tuple[str, int]
+    ) -> None:
         self.conn = conn
         self.report = report
-        self.fresh = fresh  # from the first event: every stream starts at version 1
+        self.after = after  # the events up to here are trusted (a verified checkpoint)
+        self.fresh = after == ("0", 0)  # from the first event: streams start at version 1
         self.heads: dict[str, tuple[int, bytes]] = {}
         self.early: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.failed = False
@@ -193,13 +196,14 @@ class _Chains:
         self.report.streams += 1
         if self.fresh or version == 1:
             head = (0, ZERO_HASH)
-        else:  # verifying from a checkpoint: the stream's earlier part is trusted
+        else:  # verifying from a checkpoint: the stream's part it covers is trusted
             row = self.conn.execute(
                 "SELECT stream_version, hash FROM events WHERE stream_id = %s"
-                " AND stream_version = %s",
-                (stream_id, version - 1),
+                " AND (transaction_id, position) <= (%s::text::xid8, %s::bigint)"
+                " ORDER BY stream_version DESC LIMIT 1",
+                (stream_id, *self.after),
             ).fetchone()
-            head = (version - 1, bytes(row[1])) if row is not None else (0, ZERO_HASH)
+            head = (int(row[0]), bytes(row[1])) if row is not None else (0, ZERO_HASH)
         self.heads[stream_id] = head
         return head
 
@@ -248,7 +252,7 @@ def _check_log(
         txid, position = start.last_read.split(":")
         after = (txid, int(position))
     pending = [c for c in sealed if c.tree_size > frontier.size]
-    chains = _Chains(conn, report, fresh=start is None)
+    chains = _Chains(conn, report, after)
     stored = _rows(
         conn,
         "SELECT leaf_index, position, leaf_hash FROM audit_leaves WHERE leaf_index >= %s"

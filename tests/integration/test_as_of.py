@@ -146,3 +146,31 @@ def test_as_of_a_time_over_http_and_on_the_command_line(
     )
     assert result.exit_code == 0, result.output
     assert "sms" not in result.output
+
+
+def test_a_read_as_of_on_a_connection_with_cached_plans_reads_the_past_and_writes_nothing_live(
+    store: Store, moments: dict[str, int]
+) -> None:
+    """Prepared statements and resolve_customer's plans, cached by live reads on the same
+    pooled connection, must not reach past the temporary tables to the live ones."""
+    with store.pool.connection() as conn:
+        live = conn.execute("SELECT * FROM timeline ORDER BY position").fetchall()
+        identities = conn.execute("SELECT * FROM identities ORDER BY kind, value").fetchall()
+        for _ in range(3):
+            for _ in range(8):  # enough for psycopg to prepare the reads' statements
+                views.timeline(conn, "cu-ann")
+                views.customer(conn, "cu-ann")
+            with as_of(conn, moments["merged"] - 1, "cu-ann"):
+                then = views.customer(conn, "cu-ann")
+                items = views.timeline(conn, "cu-ann")
+            assert then.aliases == []
+            assert [i.type for i in items] == ["sms.received", "email.received"]
+        assert [i.type for i in views.timeline(conn, "cu-ann")] == [
+            "email.received",
+            "sms.received",
+            "email.received",
+        ]
+        assert conn.execute("SELECT * FROM timeline ORDER BY position").fetchall() == live
+        assert (
+            conn.execute("SELECT * FROM identities ORDER BY kind, value").fetchall() == identities
+        )

@@ -43,7 +43,9 @@ def history(store: Store) -> None:
     store.append_batch([email(4, contact="email:bob@example.com", subject="Bob's")])
     store.append_batch(
         [{"type": "customer.merged", "occurred_at": T0.isoformat(),
-          "data": {"customer_id": "cu-ann", "source_customer_id": "cu-old"}}]
+          "data": {"customer_id": "cu-ann", "source_customer_id": "cu-old"}},
+         {"type": "customer.identity_linked", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": "cu-ann", "contact": "phone:+14155550199"}}]
     )  # fmt: skip
     ProjectionRunner(store, all_projections()).catch_up()
 
@@ -121,7 +123,8 @@ def test_the_export_holds_everything_about_the_person(
     types = sorted(e["type"] for e in events)
     assert types.count("customer.registered") == 2  # cu-ann's and the merged cu-old's
     assert "customer.merged" in types
-    assert sorted(e["type"] for e in events if "contact" in e["data"]) == [
+    assert "customer.identity_linked" in types  # the customer's own stream, links included
+    assert sorted(e["type"] for e in events if "channel" in e["data"]) == [
         "email.received",
         "email.received",
         "sms.received",

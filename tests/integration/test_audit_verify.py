@@ -258,3 +258,20 @@ def test_versions_that_committed_out_of_order_still_chain(store: Store, database
     assert [(f.position, f.what) for f in report.failures] == [
         (second, "version 1 is missing (version 2 follows it)")
     ]
+
+
+def test_verify_from_a_checkpoint_takes_versions_that_committed_out_of_order(
+    store: Store, pool: ConnectionPool[Any], database_url: str
+) -> None:
+    store.append("conversation-y", [sms(0)])
+    with pool.connection() as conn:
+        first = checkpoints.seal(conn, KEY)
+    assert first is not None
+    second = store.append("conversation-y", [sms(1)]).events[0].position
+    third = store.append("conversation-y", [sms(2)]).events[0].position
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        _swap_commit_order(conn, second, third)  # version 3 now sorts before version 2
+        report = verify(conn, KEY.public, from_checkpoint=first.checkpoint_id)
+        conn.rollback()
+    assert report.ok, report.failures

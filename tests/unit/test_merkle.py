@@ -94,6 +94,8 @@ def test_every_consistency_proof_holds_and_no_altered_one_does(case: tuple[int, 
     proof = consistency_proof(old, leaves)
     assert verify_consistency(old, old_root, new, new_root, proof)
     assert not verify_consistency(old, leaf_hash(b"forged"), new, new_root, proof)
+    assert verify_consistency(0, EMPTY_ROOT, new, new_root, [])
+    assert not verify_consistency(0, leaf_hash(b"forged"), new, new_root, [])
     if old < new:
         assert not verify_consistency(old, old_root, new, leaf_hash(b"forged"), proof)
         rewritten = [*leaves[: old - 1], leaf_hash(b"rewritten"), *leaves[old:]]

@@ -110,9 +110,14 @@ def _link(svc: Service, visitor: str, known: list[str]) -> dict[str, Any] | None
             return None
         claimed = [owner for owner in owners if not is_provisional(owner)]
         owner = (claimed or owners)[0]
-        link_id = uuid5(EVENT_NAMESPACE, f"chatwoot-link:{visitor}:{owner}")
-        if feeds.owner_of(conn, visitor) == owner or feeds.is_stored(conn, link_id):
-            return None  # linked already (or about to be, once the views catch up)
+        current = feeds.owner_of(conn, visitor)
+        if current == owner:
+            return None  # linked already
+        # One id per move (from whom to whom): a redelivery, or another message before the
+        # views caught up, repeats it; a move back later is a new one.
+        link_id = uuid5(EVENT_NAMESPACE, f"chatwoot-link:{visitor}:{current}->{owner}")
+        if feeds.is_stored(conn, link_id):
+            return None
     return {
         "id": str(link_id),
         "type": "customer.identity_linked",

@@ -28,7 +28,7 @@ from interaction_store.api.models import (
     problems,
 )
 from interaction_store.api.problems import JSON, Problem
-from interaction_store.asof import as_of, parse_as_of
+from interaction_store.asof import as_of, parse_as_of, recorded_at
 
 __all__ = ["conversation_json", "item_json", "not_found", "router"]
 
@@ -100,16 +100,16 @@ async def customer_summary(svc: Svc, key: Reader, customer_id: PathId, as_of: As
 
 def _summary(svc: Service, customer_id: str, as_of_text: str | None = None) -> dict[str, Any]:
     with svc.connection() as conn:
-        past = (
-            contextlib.nullcontext()
-            if as_of_text is None
-            else as_of(conn, _as_of_position(conn, as_of_text), customer_id)
-        )
+        past: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        now = None  # service levels are judged at the moment read
+        if as_of_text is not None:
+            position = _as_of_position(conn, as_of_text)
+            past, now = as_of(conn, position, customer_id), recorded_at(conn, position)
         with past:
             found = views.find_customer_read(customer_id).run(conn)
             if found is None:
                 raise not_found(customer_id)
-            s = views.customer(conn, found, service_levels=svc.service_levels)
+            s = views.customer(conn, found, service_levels=svc.service_levels, now=now)
     p = s.profile
     return {
         "customer_id": s.customer_id,
