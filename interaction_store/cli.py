@@ -34,7 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from interaction_store import db, keys, views
-from interaction_store.asof import as_of, parse_as_of
+from interaction_store.asof import as_of, parse_as_of, recorded_at
 from interaction_store.audit import checkpoints, signing
 from interaction_store.audit.access import AccessLog
 from interaction_store.audit.export import export_customer
@@ -784,18 +784,22 @@ _AS_OF_HELP = (
 )
 
 
+@contextlib.contextmanager
 def _then(
     conn: psycopg.Connection[Any], text: str | None, who: str, settings: Settings
-) -> contextlib.AbstractContextManager[None]:
-    """The views as of ``text`` on ``conn`` (the live ones without it)."""
+) -> Iterator[datetime | None]:
+    """The views as of ``text`` on ``conn`` (the live ones without it), yielding the
+    moment service levels are judged at (None: now)."""
     if text is None:
-        return contextlib.nullcontext()
+        yield None
+        return
     try:
         position = parse_as_of(conn, text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
     customer = who if ":" not in who else _find_customer(conn, who, settings)
-    return as_of(conn, position, customer)
+    with as_of(conn, position, customer):
+        yield recorded_at(conn, position)
 
 
 @cli.command(name="timeline")
@@ -819,13 +823,14 @@ def timeline_command(
     levels = obj.settings.service_levels()
     with obj.store(migrate=True) as store:
         _catch_up(store)
-        with store.pool.connection() as conn, _then(conn, as_of_text, who, obj.settings):
+        with store.pool.connection() as conn, _then(conn, as_of_text, who, obj.settings) as now:
             customer = _find_customer(conn, who, obj.settings)
             items = views.timeline(conn, customer, limit=limit, channel=channel)
             found = views.conversations(
                 conn,
                 list(dict.fromkeys(item.conversation_id for item in items)),
                 service_levels=levels,
+                now=now,
             )
     states = {c.conversation_id: c for c in found}
     followed = {f.position for c in found for f in c.follow_ups}
@@ -908,9 +913,9 @@ def customer_command(obj: Context, who: str, as_of_text: str | None) -> None:
     levels = obj.settings.service_levels()
     with obj.store(migrate=True) as store:
         _catch_up(store)
-        with store.pool.connection() as conn, _then(conn, as_of_text, who, obj.settings):
+        with store.pool.connection() as conn, _then(conn, as_of_text, who, obj.settings) as now:
             summary = views.customer(
-                conn, _find_customer(conn, who, obj.settings), service_levels=levels
+                conn, _find_customer(conn, who, obj.settings), service_levels=levels, now=now
             )
     console = Console()
     profile = summary.profile

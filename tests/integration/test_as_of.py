@@ -146,6 +146,25 @@ def test_as_of_a_time_over_http_and_on_the_command_line(
     )
     assert result.exit_code == 0, result.output
     assert "sms" not in result.output
+    summary = CliRunner().invoke(
+        cli,
+        [
+            "--database-url",
+            database_url,
+            "customer",
+            "cu-ann",
+            "--as-of",
+            str(moments["linked"] - 1),
+        ],
+    )
+    assert summary.exit_code == 0, summary.output
+    assert "silver" in summary.output
+    assert "+14155550100" not in summary.output  # the phone was not hers yet
+    refused = CliRunner().invoke(
+        cli, ["--database-url", database_url, "customer", "cu-ann", "--as-of", "yesterday"]
+    )
+    assert refused.exit_code == 2
+    assert "--as-of" in refused.output
 
 
 def test_a_read_as_of_on_a_connection_with_cached_plans_reads_the_past_and_writes_nothing_live(
