@@ -20,8 +20,8 @@ import psycopg
 from interaction_store.audit.merkle import (
     Frontier,
     consistency_proof,
+    event_leaf,
     inclusion_proof,
-    leaf_hash,
 )
 from interaction_store.audit.signing import SigningKey, checkpoint_message
 
@@ -119,7 +119,7 @@ def seal(
                 break
             leaves = []
             for _, event_position, event_hash in rows:
-                leaf = leaf_hash(bytes(event_hash))
+                leaf = event_leaf(event_position, bytes(event_hash))
                 leaves.append((frontier.size, event_position, leaf))
                 frontier.append(leaf)
             with (

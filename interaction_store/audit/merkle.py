@@ -1,6 +1,6 @@
 """A Merkle tree over the log, hashed as RFC 6962 (Certificate Transparency) hashes it.
 
-    leaf hash  = SHA-256(0x00 ‖ the event's stored hash)
+    leaf hash  = SHA-256(0x00 ‖ int64be(the event's position) ‖ its stored hash)
     node hash  = SHA-256(0x01 ‖ left ‖ right)
     empty tree = SHA-256("")
 
@@ -21,6 +21,7 @@ __all__ = [
     "EMPTY_ROOT",
     "Frontier",
     "consistency_proof",
+    "event_leaf",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
@@ -34,6 +35,11 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 def leaf_hash(data: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
+
+
+def event_leaf(position: int, event_hash: bytes) -> bytes:
+    """The leaf of an event: its position and its hash, so neither can change unseen."""
+    return leaf_hash(position.to_bytes(8, "big", signed=True) + event_hash)
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

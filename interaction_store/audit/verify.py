@@ -36,7 +36,7 @@ from interaction_store.audit.chain import (
     metadata_digest,
 )
 from interaction_store.audit.checkpoints import SealedCheckpoint, checkpoints
-from interaction_store.audit.merkle import Frontier, leaf_hash
+from interaction_store.audit.merkle import Frontier, event_leaf
 from interaction_store.audit.signing import PublicKey
 
 __all__ = ["Failure", "VerifyReport", "verify"]
@@ -265,7 +265,7 @@ def _check_log(
         chains.add(row)
         position, stream_id, event_hash = row[0], row[1], bytes(row[11])
         index = frontier.size
-        leaf = leaf_hash(event_hash)
+        leaf = event_leaf(position, event_hash)
         sealed_leaf = next(stored, None)
         if not failed and sealed_leaf is not None:
             if sealed_leaf[1] != position:

@@ -100,3 +100,12 @@ def test_every_consistency_proof_holds_and_no_altered_one_does(case: tuple[int, 
         assert not verify_consistency(old, old_root, new, leaf_hash(b"forged"), proof)
         rewritten = [*leaves[: old - 1], leaf_hash(b"rewritten"), *leaves[old:]]
         assert not verify_consistency(old, old_root, new, mth(rewritten), proof)
+
+
+def test_an_events_leaf_covers_its_position_as_well_as_its_hash() -> None:
+    from interaction_store.audit.merkle import event_leaf
+
+    digest = hashlib.sha256(b"event").digest()
+    assert event_leaf(7, digest) == leaf_hash((7).to_bytes(8, "big") + digest)
+    assert event_leaf(7, digest) != event_leaf(8, digest)
+    assert event_leaf(7, digest) != event_leaf(7, hashlib.sha256(b"other").digest())
