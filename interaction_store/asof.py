@@ -33,6 +33,7 @@ from interaction_store.projections.customers import CustomersProjection
 from interaction_store.projections.rebuild import _live_schema
 from interaction_store.projections.timeline import TimelineProjection, provisional_customer_id
 from interaction_store.store import EVENT_COLUMNS, RecordedEvent, recorded_event
+from interaction_store.views import FAMILY
 
 __all__ = ["as_of", "parse_as_of", "position_at", "recorded_at"]
 
@@ -210,13 +211,8 @@ def _timeline(
     else:
         conn.execute(
             sql.SQL(
-                """
-                WITH RECURSIVE family(id) AS (
-                    SELECT resolve_customer(%(customer)s)
-                    UNION
-                    SELECT m.source_customer_id FROM customer_merges AS m
-                      JOIN family AS f ON m.target_customer_id = f.id
-                )
+                FAMILY
+                + """
                 INSERT INTO timeline
                 SELECT t.* FROM {} AS t JOIN events AS e ON e.position = t.position
                  WHERE """

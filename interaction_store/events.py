@@ -70,6 +70,7 @@ __all__ = [
     "TweetReceived",
     "TweetSent",
     "derive_conversation_id",
+    "derive_event_id",
     "parse_events",
     "schema_version_of",
     "stream_for",
@@ -336,6 +337,12 @@ class EventBase(Model):
     data: BaseModel
 
 
+def derive_event_id(event_type: str, external_id: str) -> UUID:
+    """The id of an interaction sent without one: from its type and ``external_id``, so
+    a redelivery of the same source message is the same event."""
+    return uuid5(EVENT_NAMESPACE, f"{event_type}:{external_id.strip()}")
+
+
 def _natural_key_of(data: Any) -> str | None:
     key = (
         data.get("external_id") if isinstance(data, Mapping) else getattr(data, "external_id", None)
@@ -365,7 +372,7 @@ class InteractionEvent(EventBase):
             key = _natural_key_of(value.get("data"))
             event_type = value.get("type") or cls.model_fields["type"].default
             if key is not None:
-                return {**value, "id": uuid5(EVENT_NAMESPACE, f"{event_type}:{key.strip()}")}
+                return {**value, "id": derive_event_id(event_type, key)}
         return value
 
 

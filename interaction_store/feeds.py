@@ -10,26 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 import psycopg
 
-from interaction_store.events import EVENT_NAMESPACE
 from interaction_store.projections.timeline import provisional_customer_id
 from interaction_store.views import lookup_read
 
 __all__ = [
-    "derived_event_id",
     "is_stored",
     "owner_of",
     "sms_session",
     "stored_thread",
 ]
-
-
-def derived_event_id(event_type: str, external_id: str) -> UUID:
-    """The id an interaction gets from its type and ``external_id`` (see ``events``)."""
-    return uuid5(EVENT_NAMESPACE, f"{event_type}:{external_id.strip()}")
 
 
 def is_stored(conn: psycopg.Connection[Any], event_id: UUID) -> bool:

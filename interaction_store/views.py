@@ -23,6 +23,7 @@ from interaction_store.identity import normalise_contact, parse_contact_string
 from interaction_store.policy import ServiceLevels, priority
 
 __all__ = [
+    "FAMILY",
     "ChannelActivity",
     "ConversationSummary",
     "CustomerSummary",
@@ -70,6 +71,18 @@ class Read(Generic[T]):
     async def run_async(self, conn: psycopg.AsyncConnection[Any]) -> T:
         cursor = await conn.execute(self.statement, self.params)
         return self.shape(await cursor.fetchall())
+
+
+#: The ids that stand for customer ``%(customer)s``: the one it resolves to and every id
+#: merged into that one, as the CTE ``family(id)`` for a statement to follow.
+FAMILY = """
+WITH RECURSIVE family(id) AS (
+    SELECT resolve_customer(%(customer)s)
+    UNION
+    SELECT m.source_customer_id FROM customer_merges AS m
+      JOIN family AS f ON m.target_customer_id = f.id
+)
+"""
 
 
 def _first_column(rows: Rows) -> str | None:

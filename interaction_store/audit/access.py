@@ -19,6 +19,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from interaction_store.keys import ApiKey
+from interaction_store.views import FAMILY
 
 __all__ = ["Access", "AccessLog", "accesses"]
 
@@ -99,13 +100,8 @@ def accesses(
     """The reads of a customer, oldest first, including reads made under the ids of
     customers merged into it."""
     rows = conn.execute(
-        """
-        WITH RECURSIVE family(id) AS (
-            SELECT resolve_customer(%(customer)s)
-            UNION
-            SELECT m.source_customer_id FROM customer_merges AS m JOIN family AS f
-                ON m.target_customer_id = f.id
-        )
+        FAMILY
+        + """
         SELECT access_id, read_at, key_id, key_name, customer_id, endpoint
           FROM access_log
          WHERE customer_id IN (SELECT id FROM family UNION SELECT %(customer)s)

@@ -166,20 +166,14 @@ class ChainReport:
         return self.broken is None
 
 
-def verify_chain(
-    stream_id: str,
-    rows: Iterable[ChainRow],
-    *,
-    prev: bytes = ZERO_HASH,
-    first_version: int = 1,
-) -> ChainReport:
+def verify_chain(stream_id: str, rows: Iterable[ChainRow]) -> ChainReport:
     """Recompute a stream's chain from its rows (in stream order) and report the first break.
 
     A removed tail cannot show here: the rows that remain still chain. The log-wide
-    checkpoints are what cover the newest events. To check only the newer part of a
-    stream, pass the hash of the event before ``first_version`` as ``prev``.
+    checkpoints are what cover the newest events.
     """
-    expected_version = first_version
+    prev = ZERO_HASH
+    expected_version = 1
     checked = 0
 
     def broken(row: ChainRow, version: int, reason: str) -> ChainReport:

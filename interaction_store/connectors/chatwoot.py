@@ -27,9 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid5
 
-from interaction_store.events import EVENT_NAMESPACE, derive_conversation_id
+from interaction_store.events import derive_conversation_id, derive_event_id
 
 __all__ = [
     "EVENTS",
@@ -182,7 +181,7 @@ def _status(payload: Mapping[str, Any]) -> ChatwootDelivery:
 
 def _event(event_type: str, key: str, when: datetime, data: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": str(uuid5(EVENT_NAMESPACE, f"{event_type}:{key}")),
+        "id": str(derive_event_id(event_type, key)),
         "type": event_type,
         "occurred_at": when.isoformat(),
         "data": {name: value for name, value in data.items() if value is not None},

@@ -26,6 +26,7 @@ from interaction_store.connectors.twilio import (
     sms_event,
     voicemail_event,
 )
+from interaction_store.events import derive_event_id
 from interaction_store.exceptions import IdempotencyConflict
 
 __all__ = ["router"]
@@ -118,7 +119,7 @@ def _append(request: Request, svc: Service, event: dict[str, Any], sessions: boo
     data = event["data"]
     if sessions:
         with svc.connection() as conn:
-            if feeds.is_stored(conn, feeds.derived_event_id(event["type"], data["external_id"])):
+            if feeds.is_stored(conn, derive_event_id(event["type"], data["external_id"])):
                 return  # a redelivery: it must not move the pair's session either
             at = datetime.fromisoformat(event["occurred_at"])
             gap = svc.settings.sms_idle_gap

@@ -25,6 +25,7 @@ from interaction_store.connectors.x import (
     signature_is_valid,
     tweet_external_id,
 )
+from interaction_store.events import derive_event_id
 from interaction_store.store import AppendResult
 
 __all__ = ["router"]
@@ -115,7 +116,7 @@ def _append(svc: Service, payload: Any) -> AppendResult | None:
             event
             for event in events
             if not feeds.is_stored(
-                conn, feeds.derived_event_id(event["type"], event["data"]["external_id"])
+                conn, derive_event_id(event["type"], event["data"]["external_id"])
             )
         ]
     return svc.store.append_batch(events) if events else None
@@ -126,5 +127,5 @@ def _thread_of(conn: psycopg.Connection[Any], tweet_id: str) -> str | None:
     external = tweet_external_id(tweet_id)
     return feeds.stored_thread(
         conn,
-        [feeds.derived_event_id(kind, external) for kind in ("tweet.received", "tweet.sent")],
+        [derive_event_id(kind, external) for kind in ("tweet.received", "tweet.sent")],
     )
