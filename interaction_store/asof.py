@@ -28,11 +28,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from interaction_store.privacy import Sealer
 from interaction_store.projections.conversations import ConversationsProjection
 from interaction_store.projections.customers import CustomersProjection
 from interaction_store.projections.rebuild import _live_schema
 from interaction_store.projections.timeline import TimelineProjection, provisional_customer_id
-from interaction_store.store import EVENT_COLUMNS, RecordedEvent, recorded_event
+from interaction_store.store import EVENT_COLUMNS, RecordedEvent, recorded_events
 from interaction_store.views import FAMILY
 
 __all__ = ["as_of", "parse_as_of", "position_at", "recorded_at"]
@@ -85,11 +86,16 @@ def parse_as_of(conn: psycopg.Connection[Any], text: str) -> int:
 
 @contextlib.contextmanager
 def as_of(
-    conn: psycopg.Connection[Any], position: int, customer_id: str | None = None
+    conn: psycopg.Connection[Any],
+    position: int,
+    customer_id: str | None = None,
+    *,
+    sealer: Sealer,
 ) -> Iterator[None]:
     """Within the block, the views on ``conn`` are as they were at ``position``. With
     ``customer_id``, only that customer's rows are rebuilt (the rest of the timeline and
-    the other customers' conversations are left out); without it, every row is."""
+    the other customers' conversations are left out); without it, every row is.
+    ``sealer`` (the store's) opens the personal fields of the events replayed."""
     with conn.transaction():
         live = _live_schema(conn, _TABLES)
         for table in _TABLES:
@@ -103,10 +109,10 @@ def as_of(
         # the live tables: a new temporary table does not invalidate them. Plan afresh.
         conn.execute("DISCARD PLANS")
         cut = _cut(conn, position)
-        _graph(conn, live, cut)
+        _graph(conn, live, cut, sealer)
         _timeline(conn, live, cut, customer_id)
         if customer_id is not None:
-            _conversations(conn, cut)
+            _conversations(conn, cut, sealer)
         try:
             yield
         finally:
@@ -133,7 +139,7 @@ def _cut(conn: psycopg.Connection[Any], position: int) -> tuple[str, int]:
 _UPTO = "(e.transaction_id, e.position) <= (%(txid)s::text::xid8, %(position)s::bigint)"
 
 
-def _graph(conn: psycopg.Connection[Any], live: str, cut: tuple[str, int]) -> None:
+def _graph(conn: psycopg.Connection[Any], live: str, cut: tuple[str, int], sealer: Sealer) -> None:
     """Replay the customer events up to ``position``, each contact's first sight in its
     place."""
     bounds = {"txid": cut[0], "position": cut[1]}
@@ -153,6 +159,7 @@ def _graph(conn: psycopg.Connection[Any], live: str, cut: tuple[str, int]) -> No
         + _UPTO
         + " ORDER BY transaction_id, position",
         bounds,
+        sealer,
     )
     timeline, customers = TimelineProjection(), CustomersProjection()
     sights.sort()
@@ -236,7 +243,7 @@ def _timeline(
     conn.execute("UPDATE timeline SET customer_id = resolve_customer(owner_id)")
 
 
-def _conversations(conn: psycopg.Connection[Any], cut: tuple[str, int]) -> None:
+def _conversations(conn: psycopg.Connection[Any], cut: tuple[str, int], sealer: Sealer) -> None:
     streams = [
         f"conversation-{row[0]}"
         for row in conn.execute("SELECT DISTINCT conversation_id FROM timeline").fetchall()
@@ -249,10 +256,13 @@ def _conversations(conn: psycopg.Connection[Any], cut: tuple[str, int]) -> None:
         + _UPTO
         + " ORDER BY transaction_id, position",
         {"streams": streams, "txid": cut[0], "position": cut[1]},
+        sealer,
     )
     if events:
         ConversationsProjection().apply(conn, events)
 
 
-def _events(conn: psycopg.Connection[Any], statement: str, params: Any) -> list[RecordedEvent]:
-    return [recorded_event(row) for row in conn.execute(statement, params).fetchall()]
+def _events(
+    conn: psycopg.Connection[Any], statement: str, params: Any, sealer: Sealer
+) -> list[RecordedEvent]:
+    return recorded_events(conn, conn.execute(statement, params).fetchall(), sealer)

@@ -27,6 +27,7 @@ import click
 import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -51,11 +52,13 @@ from interaction_store.exceptions import (
 )
 from interaction_store.imap import FolderPass, ImapError, ImapPoller, ImapServer, Security
 from interaction_store.mailfiles import count_messages, read_messages
+from interaction_store.privacy import Sealer, privacy_key_from_settings
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.rebuild import RebuildError, rebuild
 from interaction_store.projections.runner import DeadLetterError
 from interaction_store.projections.timeline import snippet
 from interaction_store.settings import Settings
+from interaction_store.shredding import apply_retention, erase
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
 __all__ = ["main"]
@@ -108,7 +111,15 @@ def cli(ctx: click.Context, database_url: str | None, data_dir: Path | None) -> 
         overrides["database_url"] = database_url
     if data_dir:
         overrides["data_dir"] = data_dir
-    ctx.obj = Context(Settings(**overrides))
+    try:
+        ctx.obj = Context(Settings(**overrides))
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"INTERACTION_STORE_{'.'.join(map(str, e['loc'])).upper()}:"
+            f" {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise click.ClickException(f"invalid settings: {reasons}") from None
 
 
 def main() -> None:
@@ -798,7 +809,8 @@ def _then(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
     customer = who if ":" not in who else _find_customer(conn, who, settings)
-    with as_of(conn, position, customer):
+    sealer = Sealer(privacy_key=privacy_key_from_settings(settings))
+    with as_of(conn, position, customer, sealer=sealer):
         yield recorded_at(conn, position)
 
 
@@ -1134,10 +1146,98 @@ def export_command(obj: Context, customer: str, output: IO[bytes]) -> None:
         log.flush()
         lines = 0
         with store.pool.connection() as conn:
-            for line in export_customer(conn, found):
+            for line in export_customer(conn, found, store.sealer):
                 output.write(orjson.dumps(line) + b"\n")
                 lines += 1
     err.print(f"exported {lines:,} lines about {found}")
+
+
+# erasure and retention ------------------------------------------------------------------
+
+
+@cli.command(name="erase")
+@click.argument("customer")
+@click.option("--reason", default="", help="Why (kept in the customer.erased event).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def erase_command(obj: Context, customer: str, reason: str, yes: bool) -> None:
+    """Erase CUSTOMER (an id, or an alias merged into one) by crypto-shredding.
+
+    Destroys the data keys of the customer, of the customers merged into it and of all
+    their contacts, appends customer.erased, then brings the views up to date, which
+    purges the person's rows. The log is not rewritten: `audit verify` still passes,
+    and the erased content reads as placeholders. Irreversible.
+
+    \b
+    Example:
+      interaction-store erase cu-1042 --reason "request 2026-118" --yes
+    """
+    with obj.store() as store:
+        with store.pool.connection() as conn:
+            found = views.find_customer_read(customer).run(conn)
+        if found is None:
+            raise click.ClickException(f"no customer {customer}")
+        if not yes:
+            click.confirm(f"Erase {found} for good?", abort=True, err=True)
+        try:
+            done = erase(store, found, reason=reason, actor=f"command line ({getpass.getuser()})")
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+        ProjectionRunner(store, all_projections()).catch_up()
+    merged = f" and {', '.join(done.merged_customer_ids)}" if done.merged_customer_ids else ""
+    click.echo(
+        f"erased {done.customer_id}{merged}: {done.keys_shredded:,} data keys of"
+        f" {done.contacts:,} contacts destroyed; customer.erased at position {done.position:,}"
+    )
+
+
+@cli.group(name="retention")
+def retention_group() -> None:
+    """Shred content older than each channel's retention period."""
+
+
+@retention_group.command(name="apply")
+@click.option("--dry-run", is_flag=True, help="Count what would be shredded; change nothing.")
+@click.option(
+    "--wait",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for running projections before rewriting the views.",
+)
+@click.pass_obj
+def retention_apply(obj: Context, dry_run: bool, wait: float) -> None:
+    """Destroy the content keys of every month older than its channel's period
+    (INTERACTION_STORE_RETENTION, e.g. email=730d,voice=90d), then write the affected
+    timeline rows again: subjects and snippets read [erased]. Addresses and the identity
+    graph are kept (erasure removes those). Content is kept for its period and at most a
+    month longer, since keys are per month.
+
+    \b
+    Example:
+      INTERACTION_STORE_RETENTION=voice=90d,sms=365d interaction-store retention apply
+    """
+    periods = obj.settings.retention_periods()
+    if not periods:
+        raise click.ClickException(
+            "no retention periods are set: set INTERACTION_STORE_RETENTION (e.g. voice=90d)"
+        )
+    with obj.store() as store:
+        report = apply_retention(store, periods, dry_run=dry_run, wait=wait)
+    verb = "would shred" if dry_run else "shredded"
+    for item in report.channels:
+        line = (
+            f"{item.channel}: older than {item.cutoff:%Y-%m-%d} ({item.period.days} days):"
+            f" {verb} {item.keys:,} keys sealing {item.events:,} events"
+        )
+        if not dry_run:
+            line += f"; {item.rows_redacted:,} timeline rows rewritten"
+        click.echo(line)
+    if not report.projections_caught_up:
+        err.print(
+            "the projections are behind the log: rows they write later are projected from"
+            " the shredded log, with placeholders"
+        )
 
 
 # audit --------------------------------------------------------------------------------

@@ -301,6 +301,8 @@ class MergeData(CustomerData):
 
 class CustomerErasedData(CustomerData):
     reason: ShortText = ""
+    # The customers merged into this one when it was erased: erased with it.
+    merged_customer_ids: list[CustomerId] = Field(default_factory=list)
 
 
 class ConversationData(Model):

@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_FIRST_RESPONSE",
     "ServiceLevels",
     "parse_duration",
+    "parse_retention",
     "priority",
 ]
 
@@ -40,6 +41,25 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         raise ValueError(f"{text!r} is not a duration (e.g. 90s, 2m, 4h, 1d)")
     return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
+
+
+def parse_retention(text: str) -> dict[str, timedelta]:
+    """From ``email=730d,voice=90d`` (``INTERACTION_STORE_RETENTION``): how long each named
+    channel's content is kept."""
+    periods = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        channel, sep, duration = part.partition("=")
+        channel = channel.strip()
+        if not sep or channel not in DEFAULT_FIRST_RESPONSE:
+            raise ValueError(
+                f"{part!r}: expected channel=duration with a channel among"
+                f" {', '.join(DEFAULT_FIRST_RESPONSE)}"
+            )
+        period = parse_duration(duration)
+        if period <= timedelta(0):
+            raise ValueError(f"{part!r}: a retention period must be longer than zero")
+        periods[channel] = period
+    return periods
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from interaction_store.policy import ServiceLevels
+from interaction_store.policy import ServiceLevels, parse_retention
 
 __all__ = ["Settings"]
 
@@ -126,6 +126,17 @@ class Settings(BaseSettings):
     audit_seal_interval: float = Field(
         default=10.0, gt=0, description="Seconds between two seals by `serve`."
     )
+    privacy_key: SecretStr | None = Field(
+        default=None,
+        description="The secret personal data is sealed with (base64 of 32 bytes, e.g. from"
+        " `openssl rand -base64 32`). Unset: one is kept in the database, made on first use."
+        " Once data is sealed, it must stay the same.",
+    )
+    retention: str = Field(
+        default="",
+        description="How long each channel's content is kept, e.g. email=730d,voice=90d;"
+        " `retention apply` shreds what is older. Channels not named are kept.",
+    )
     public_url: str | None = Field(
         default=None,
         description="The base URL webhooks reach this service at (https://store.example.com),"
@@ -151,6 +162,15 @@ class Settings(BaseSettings):
     def _valid_service_levels(cls, value: str) -> str:
         ServiceLevels.parse(value)
         return value
+
+    @field_validator("retention")
+    @classmethod
+    def _valid_retention(cls, value: str) -> str:
+        parse_retention(value)
+        return value
+
+    def retention_periods(self) -> dict[str, timedelta]:
+        return parse_retention(self.retention)
 
     def service_levels(self) -> ServiceLevels:
         return ServiceLevels.parse(self.first_response)

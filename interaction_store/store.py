@@ -59,6 +59,7 @@ from interaction_store.exceptions import (
     FieldError,
     IdempotencyConflict,
 )
+from interaction_store.privacy import KeysShredded, Sealer, privacy_key_from_settings
 from interaction_store.settings import MIB, Settings
 from interaction_store.sql import query
 
@@ -76,6 +77,7 @@ __all__ = [
     "StreamState",
     "Transaction",
     "recorded_event",
+    "recorded_events",
 ]
 
 log = logging.getLogger(__name__)
@@ -262,6 +264,7 @@ class _Prepared:
     metadata: bytes
     content_digest: bytes
     metadata_digest: bytes
+    key_ids: tuple[int, ...] = ()  # the data keys its personal fields are sealed under
 
 
 class Store:
@@ -280,6 +283,8 @@ class Store:
         phone_region: str = "US",
         notify_channel: str = "interaction_store_events",
         catalogue: Mapping[str, type[EventBase]] = CATALOGUE,
+        privacy_key: bytes | None = None,
+        seal_personal_data: bool = True,
     ) -> None:
         self.pool = pool
         self.max_event_bytes = max_event_bytes
@@ -287,6 +292,10 @@ class Store:
         self.phone_region = phone_region
         self.notify_channel = notify_channel
         self.catalogue = catalogue
+        #: Seals personal fields on append (see ``interaction_store.privacy``) and opens
+        #: them on read; with ``seal_personal_data=False`` they are stored as given.
+        self.sealer = Sealer(_conninfo(pool), privacy_key=privacy_key)
+        self.seal_personal_data = seal_personal_data
         self._notifier = _Notifier(pool, notify_channel)
 
     @classmethod
@@ -297,6 +306,7 @@ class Store:
             max_batch_events=settings.max_batch_events,
             phone_region=settings.default_phone_region,
             notify_channel=settings.notify_channel,
+            privacy_key=privacy_key_from_settings(settings),
         )
 
     @property
@@ -307,6 +317,7 @@ class Store:
     def close(self) -> None:
         """Send the last pending wake-up and stop the notifier (the pool stays open)."""
         self._notifier.close()
+        self.sealer.close()
 
     # Appending --------------------------------------------------------------------
 
@@ -354,11 +365,18 @@ class Store:
         if len(items) > self.max_batch_events:
             reason = f"{len(items)} events; the limit is {self.max_batch_events}"
             raise EventValidationError([FieldError(None, "events", reason)])
-        with self.pool.connection() as conn:
-            if len(items) > _CHUNK and not expected.errors:
-                result = self._append_overlapped(conn, items, expected)
-            else:
-                result = _append_prepared(conn, self._prepare(items, expected), expected)
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                with self.pool.connection() as conn:
+                    if len(items) > _CHUNK and not expected.errors:
+                        result = self._append_overlapped(conn, items, expected)
+                    else:
+                        result = _append_prepared(conn, self._prepare(items, expected), expected)
+                break
+            except KeysShredded as exc:  # an erasure got in first: seal with new keys
+                self.sealer.forget(exc.key_ids)
+                if attempt == _RETRIES:
+                    raise
         if result.events:
             self._notifier.poke(result.position)
         return result
@@ -444,7 +462,7 @@ class Store:
                 for e in exc.errors
             )
             return []
-        prepared: list[_Prepared] = []
+        valid: list[tuple[str, EventBase, dict[str, Any], bytes, bytes]] = []
         for index, ((stream_id, _), model) in enumerate(zip(items, models, strict=True), offset):
             if stream_id is None:
                 model = with_conversation(model)
@@ -481,6 +499,19 @@ class Store:
                     FieldError(index, f"metadata.{_nul_path(meta)}", "contains a NUL character")
                 )
                 continue
+            valid.append((stream_id, model, data, payload, metadata))
+        if errors or not valid:
+            return []
+        sealed: list[tuple[dict[str, Any] | None, tuple[int, ...]]] = [(None, ())] * len(valid)
+        if self.seal_personal_data:
+            sealed = list(
+                self.sealer.seal([(m.id, m.type, m.occurred_at, d) for _, m, d, _, _ in valid])
+            )
+        prepared: list[_Prepared] = []
+        for (stream_id, model, _, plain, metadata), (stored, key_ids) in zip(
+            valid, sealed, strict=True
+        ):
+            payload = plain if stored is None else _stored_json(stored)
             prepared.append(
                 _Prepared(
                     stream_id=stream_id,
@@ -496,6 +527,7 @@ class Store:
                         data=orjson.Fragment(payload),
                     ),
                     metadata_digest=metadata_digest(orjson.Fragment(metadata)),
+                    key_ids=key_ids,
                 )
             )
         return prepared
@@ -511,7 +543,7 @@ class Store:
                 query("read_stream"),
                 {"stream_id": stream_id, "from_version": from_version, "limit": limit},
             ).fetchall()
-        return [self._recorded(row) for row in rows]
+            return self.recorded(conn, rows)
 
     def read_all(
         self,
@@ -534,7 +566,7 @@ class Store:
                     "limit": limit,
                 },
             ).fetchall()
-        return [self._recorded(row) for row in rows]
+            return self.recorded(conn, rows)
 
     def follow(
         self,
@@ -564,7 +596,7 @@ class Store:
         """The event at ``position``, if it is committed."""
         with self.pool.connection() as conn:
             row = conn.execute(query("read_event"), {"position": position}).fetchone()
-        return self._recorded(row) if row else None
+            return self.recorded(conn, [row])[0] if row else None
 
     def head(self) -> int:
         """The highest committed position (0 for an empty log)."""
@@ -642,8 +674,11 @@ class Store:
             ),
         )
 
-    def _recorded(self, row: Sequence[Any]) -> RecordedEvent:
-        return recorded_event(row, self.catalogue)
+    def recorded(
+        self, conn: psycopg.Connection[Any], rows: Sequence[Sequence[Any]]
+    ) -> list[RecordedEvent]:
+        """Rows of ``EVENT_COLUMNS`` as events, personal fields opened (on ``conn``)."""
+        return recorded_events(conn, rows, self.sealer, self.catalogue)
 
     @contextlib.contextmanager
     def _listener(self) -> Iterator[_Listener]:
@@ -654,11 +689,26 @@ class Store:
             listener.close()
 
 
+def recorded_events(
+    conn: psycopg.Connection[Any],
+    rows: Sequence[Sequence[Any]],
+    sealer: Sealer,
+    catalogue: Mapping[str, type[EventBase]] = CATALOGUE,
+) -> list[RecordedEvent]:
+    """Rows of ``EVENT_COLUMNS`` as ``RecordedEvent``s: sealed personal fields opened
+    (placeholders where their keys were shredded), data upcast."""
+    opened = sealer.open_all(conn, [(row[2], row[9]) for row in rows])
+    return [recorded_event(row, catalogue, data) for row, data in zip(rows, opened, strict=True)]
+
+
 def recorded_event(
-    row: Sequence[Any], catalogue: Mapping[str, type[EventBase]] = CATALOGUE
+    row: Sequence[Any],
+    catalogue: Mapping[str, type[EventBase]] = CATALOGUE,
+    data: dict[str, Any] | None = None,
 ) -> RecordedEvent:
-    """A row of ``EVENT_COLUMNS`` as a ``RecordedEvent``, its data upcast."""
-    schema_version, data = upcast(row[5], row[6], row[9], catalogue)
+    """A row of ``EVENT_COLUMNS`` as a ``RecordedEvent``, its data upcast; ``data`` is
+    the payload opened, if it was sealed (see ``recorded_events``)."""
+    schema_version, data = upcast(row[5], row[6], row[9] if data is None else data, catalogue)
     return RecordedEvent(
         position=row[0],
         transaction_id=int(row[1]),
@@ -691,6 +741,11 @@ class Transaction:
         self._store = store
         self._conn = conn
         self.position = 0
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        """The transaction's connection, for reads and writes that commit with it."""
+        return self._conn
 
     def append(
         self,
@@ -736,6 +791,9 @@ def _append(
                 placed = _insert(conn, pending, expected)
             return _result(prepared, placed, present)
         except psycopg.Error as exc:
+            if exc.sqlstate == "ISC02":  # a data key was shredded: seal again, new keys
+                detail = exc.diag.message_detail or ""
+                raise KeysShredded([int(k) for k in detail.split(",") if k]) from exc
             collided = isinstance(exc, pg_errors.UniqueViolation | pg_errors.DeadlockDetected)
             if not collided and exc.sqlstate != "ISC01":
                 raise _translate(exc) from exc
@@ -846,6 +904,7 @@ def _insert_statement(
             "metadata": p.metadata.decode(),
             "content_digest": p.content_digest,
             "metadata_digest": p.metadata_digest,
+            "keys": list(p.key_ids),
         }
     streams = sorted({p.stream_id for p in prepared})
     index = {stream: i for i, stream in enumerate(streams, start=1)}
@@ -864,6 +923,7 @@ def _insert_statement(
         for p in prepared
     ]
     return query("append_events"), {
+        "keys": sorted({key_id for p in prepared for key_id in p.key_ids}),
         "streams": streams,
         "expected": [expected.get(s) for s in streams],
         "events": orjson.dumps(rows).decode(),

@@ -24,6 +24,7 @@ from interaction_store.keys import ApiKey
 __all__ = [
     "MAX_POSITION",
     "READ_YOUR_WRITES_WAIT",
+    "Administrator",
     "Appender",
     "Auditor",
     "Fresh",
@@ -142,6 +143,7 @@ def require(scope: str) -> object:
 Reader = Annotated[ApiKey, require("timeline:read")]
 Auditor = Annotated[ApiKey, require("audit:read")]
 Appender = Annotated[ApiKey, require("events:append")]
+Administrator = Annotated[ApiKey, require("admin")]
 
 
 async def _read_your_writes(

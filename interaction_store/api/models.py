@@ -19,6 +19,8 @@ __all__ = [
     "ContextAnswer",
     "ConversationAnswer",
     "CustomerAnswer",
+    "ErasureAnswer",
+    "ErasureRequest",
     "Health",
     "LogPage",
     "LookupAnswer",
@@ -267,3 +269,20 @@ class AccessPage(_Answer):
     customer_id: str
     accesses: list[AccessAnswer]
     next: int = Field(description="pass as after for the next page")
+
+
+class ErasureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=998, description="why, for the log")
+
+
+class ErasureAnswer(_Answer):
+    customer_id: str = Field(description="the customer erased (an alias resolved)")
+    merged_customer_ids: list[str] = Field(description="customers merged into it, erased too")
+    contacts: int = Field(description="contacts whose data keys were destroyed")
+    keys_shredded: int
+    position: int = Field(
+        description="of the customer.erased event: the views are purged once they reach it"
+        " (read with min_position to wait)"
+    )

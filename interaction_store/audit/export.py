@@ -20,26 +20,30 @@ import psycopg
 from interaction_store import views
 from interaction_store.audit.access import accesses
 from interaction_store.events import upcast
+from interaction_store.privacy import Sealer
 
 __all__ = ["export_customer"]
 
 
-def export_customer(conn: psycopg.Connection[Any], customer_id: str) -> Iterator[dict[str, Any]]:
-    """The export's lines. ``customer_id`` may be an alias; ``LookupError`` when no
-    customer has it (raised before the first line). Read in one transaction of
-    ``conn``'s, so the lines agree with each other."""
+def export_customer(
+    conn: psycopg.Connection[Any], customer_id: str, sealer: Sealer
+) -> Iterator[dict[str, Any]]:
+    """The export's lines, personal fields opened by ``sealer`` (the store's).
+    ``customer_id`` may be an alias; ``LookupError`` when no customer has it (raised
+    before the first line). Read in one transaction of ``conn``'s, so the lines agree
+    with each other."""
     found = views.find_customer_read(customer_id).run(conn)
     if found is None:
         raise LookupError(f"no customer {customer_id}")
-    yield from _export(conn, found)
+    yield from _export(conn, found, sealer)
 
 
-def _export(conn: psycopg.Connection[Any], found: str) -> Iterator[dict[str, Any]]:
+def _export(conn: psycopg.Connection[Any], found: str, sealer: Sealer) -> Iterator[dict[str, Any]]:
     with conn.transaction():
-        yield from _lines(conn, found)
+        yield from _lines(conn, found, sealer)
 
 
-def _lines(conn: psycopg.Connection[Any], found: str) -> Iterator[dict[str, Any]]:
+def _lines(conn: psycopg.Connection[Any], found: str, sealer: Sealer) -> Iterator[dict[str, Any]]:
     summary = views.customer(conn, found)
     family = [found, *summary.aliases]
     yield {
@@ -49,7 +53,7 @@ def _lines(conn: psycopg.Connection[Any], found: str) -> Iterator[dict[str, Any]
         "exported_at": datetime.now(UTC).isoformat(),
     }
     lines = 0
-    for line in _body(conn, found, family, summary):
+    for line in _body(conn, found, family, summary, sealer):
         lines += 1
         yield line
     yield {"record": "end", "lines": lines}
@@ -60,6 +64,7 @@ def _body(
     customer: str,
     family: list[str],
     summary: views.CustomerSummary,
+    sealer: Sealer,
 ) -> Iterator[dict[str, Any]]:
     profile = summary.profile
     yield {
@@ -104,22 +109,24 @@ def _body(
             """,
             {"c": customer, "own": own, "shared": shared},
         )
-        for row in cursor:
-            version, data = upcast(row[4], row[5], row[8])
-            yield {
-                "record": "event",
-                "position": row[0],
-                "id": str(row[1]),
-                "stream_id": row[2],
-                "stream_version": row[3],
-                "type": row[4],
-                "schema_version": version,
-                "occurred_at": row[6].isoformat(),
-                "recorded_at": row[7].isoformat(),
-                "data": data,
-                "metadata": row[9],
-                "hash": bytes(row[10]).hex(),
-            }
+        while rows := cursor.fetchmany(2000):
+            opened = sealer.open_all(conn, [(row[1], row[8]) for row in rows])
+            for row, data in zip(rows, opened, strict=True):
+                version, data = upcast(row[4], row[5], data)
+                yield {
+                    "record": "event",
+                    "position": row[0],
+                    "id": str(row[1]),
+                    "stream_id": row[2],
+                    "stream_version": row[3],
+                    "type": row[4],
+                    "schema_version": version,
+                    "occurred_at": row[6].isoformat(),
+                    "recorded_at": row[7].isoformat(),
+                    "data": data,
+                    "metadata": row[9],
+                    "hash": bytes(row[10]).hex(),
+                }
     for item in views.timeline(conn, customer, limit=1_000_000):
         yield {"record": "timeline", **_plain(item)}
     for conversation_id in sorted(conversations):

@@ -34,20 +34,28 @@ class CustomersProjection:
             elif event.type == "customer.erased":
                 _profiles(conn, run)
                 run = []
-                conn.execute(
-                    """
-                    UPDATE customer_profiles
-                       SET name = NULL, erased_at = %s, updated_at = %s, position = %s
-                     WHERE customer_id = %s
-                    """,
-                    (
-                        event.occurred_at,
-                        event.occurred_at,
-                        event.position,
-                        event.data["customer_id"],
-                    ),
-                )
+                _erase(conn, event)
         _profiles(conn, run)
+
+
+def _erase(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
+    """An erased customer keeps a profile that says so and nothing else; the customers
+    merged into it lose theirs."""
+    data = event.data
+    conn.execute(
+        """
+        INSERT INTO customer_profiles AS p (customer_id, updated_at, erased_at, position)
+        VALUES (%(c)s, %(at)s, %(at)s, %(position)s)
+        ON CONFLICT (customer_id) DO UPDATE
+           SET name = NULL, tier = NULL, account_value = NULL, churn_risk = NULL,
+               registered_at = NULL, erased_at = %(at)s, updated_at = %(at)s,
+               position = %(position)s
+        """,
+        {"c": data["customer_id"], "at": event.occurred_at, "position": event.position},
+    )
+    merged = data.get("merged_customer_ids") or []
+    if merged:
+        conn.execute("DELETE FROM customer_profiles WHERE customer_id = ANY(%s)", (merged,))
 
 
 def _profiles(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "family_of",
     "is_provisional",
     "provisional_customer_id",
+    "refresh_content",
     "snippet",
 ]
 
@@ -269,6 +270,8 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
             (source, customer, event.position),
         )
         _reresolve(conn, before)
+    elif event.type == "customer.erased":
+        _purge(conn, [customer, *data.get("merged_customer_ids", [])])
     elif event.type == "customer.unmerged":
         before = resolve_customer(conn, customer)
         conn.execute(
@@ -338,6 +341,59 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
         _reattribute_contact(conn, kind, value)
         if before == provisional_customer_id(kind, value):
             _follow(conn, before, after)
+
+
+def _purge(conn: psycopg.Connection[Any], erased: list[str]) -> None:
+    """Forget an erased customer: the rows of them, of the customers merged into them, and
+    of their contacts. A later interaction from one of those contacts starts afresh."""
+    family = [
+        row[0]
+        for row in conn.execute(
+            """
+            SELECT unnest(%(erased)s::text[])
+            UNION
+            SELECT source_customer_id FROM customer_merges
+             WHERE resolve_customer(source_customer_id) = ANY(%(erased)s)
+            """,
+            {"erased": erased},
+        ).fetchall()
+    ]
+    conn.execute(
+        "DELETE FROM timeline WHERE customer_id = ANY(%(f)s) OR owner_id = ANY(%(f)s)",
+        {"f": family},
+    )
+    conn.execute("DELETE FROM identities WHERE customer_id = ANY(%s)", (family,))
+    conn.execute(
+        "DELETE FROM customer_merges"
+        " WHERE source_customer_id = ANY(%(f)s) OR target_customer_id = ANY(%(f)s)",
+        {"f": family},
+    )
+
+
+def refresh_content(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> int:
+    """Write the subject and snippet of these interactions' rows again from the events as
+    they read now (placeholders where retention shredded their content); the rows
+    changed."""
+    rows = [
+        {
+            "position": e.position,
+            "subject": e.data.get("subject"),
+            "snippet": snippet(_content(e.data)),
+        }
+        for e in events
+        if family_of(e.type) in INTERACTION_FAMILIES
+    ]
+    if not rows:
+        return 0
+    return conn.execute(
+        """
+        UPDATE timeline AS t SET subject = r.subject, snippet = r.snippet
+          FROM jsonb_to_recordset(%s::jsonb) AS r(position bigint, subject text, snippet text)
+         WHERE t.position = r.position
+           AND (t.subject, t.snippet) IS DISTINCT FROM (r.subject, r.snippet)
+        """,
+        (orjson.dumps(rows).decode(),),
+    ).rowcount
 
 
 def _follow(conn: psycopg.Connection[Any], provisional: str, owner: str) -> None:

@@ -5,7 +5,8 @@
 -- A whole batch, across streams, in one statement: read each stream's head (its newest
 -- event), extend the hash chains (append_chain), insert. A concurrent append that wrote
 -- the same stream version or event id first makes this fail with a unique violation;
--- the store then resolves the idempotent case or retries against the new head.
+-- the store then resolves the idempotent case or retries against the new head. An
+-- erasure that shredded one of the batch's data keys first makes it fail (ISC02).
 -- The events come as one JSON array of rows, [id, stream index, type, schema version,
 -- occurred_at, content digest (hex), metadata digest (hex), data, metadata]: one
 -- parameter the client writes in C, where a dozen arrays cost a Python call per element.
@@ -31,6 +32,7 @@ heads AS (
 chain AS (
     SELECT c.versions, c.prev_hashes, c.hashes
       FROM heads,
+           (SELECT data_keys_live(%(keys)s::bigint[])) AS live,
            append_chain(heads.versions, heads.hashes, %(expected)s::bigint[],
                         %(streams)s::text[],
                         (SELECT array_agg(stream_index ORDER BY ord) FROM batch),
@@ -52,7 +54,8 @@ RETURNING event_id, position, stream_version
 
 -- name: append_event --
 -- append_events for a single event, with plain parameters (cheaper to send than arrays):
--- the chain link is one expression, with no function call on the way.
+-- the chain link is one expression, with no function call on the way but the check
+-- that the data keys its personal fields are sealed under still exist (data_keys_live).
 INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type, schema_version,
                     occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
 SELECT pg_current_xact_id(), %(event_id)s, %(stream_id)s,
@@ -66,7 +69,7 @@ SELECT pg_current_xact_id(), %(event_id)s, %(stream_id)s,
               || %(metadata_digest)s || int8send(coalesce(h.stream_version, 0) + 1)
               || int8send((extract(epoch FROM now()) * 1000000)::bigint)),
        coalesce(h.hash, decode(repeat('00', 32), 'hex'))
-  FROM (SELECT 1) AS one
+  FROM (SELECT data_keys_live(%(keys)s::bigint[])) AS live
   LEFT JOIN LATERAL (
       SELECT e.stream_version, e.hash
         FROM events AS e

@@ -224,6 +224,7 @@ def test_a_key_without_the_scope_is_forbidden(served: Served) -> None:
         "/v1/events",
         "/v1/streams/{stream_id}/events",
         "/v1/connectors/email/inbound",
+        "/v1/customers/{customer_id}/erase",
     }
     for method, path in forbidden:
         answer = httpx.request(

@@ -17,6 +17,7 @@ from interaction_store.api import create_app
 from interaction_store.asof import as_of, position_at
 from interaction_store.cli import cli
 from interaction_store.keys import create_key
+from interaction_store.privacy import Sealer
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.settings import Settings
 from interaction_store.store import Store
@@ -56,7 +57,7 @@ def types_of(store: Store, customer: str, position: int | None) -> list[str]:
     with store.pool.connection() as conn:
         if position is None:
             return [i.type for i in views.timeline(conn, customer)]
-        with as_of(conn, position, customer):
+        with as_of(conn, position, customer, sealer=Sealer()):
             return [i.type for i in views.timeline(conn, customer)]
 
 
@@ -79,7 +80,7 @@ def test_the_summary_as_of_a_moment_has_the_profile_and_identities_of_then(
     store: Store, moments: dict[str, int]
 ) -> None:
     with store.pool.connection() as conn:
-        with as_of(conn, moments["linked"] - 1, "cu-ann"):
+        with as_of(conn, moments["linked"] - 1, "cu-ann", sealer=Sealer()):
             then = views.customer(conn, "cu-ann")
         now = views.customer(conn, "cu-ann")  # the live views are back after the block
     assert then.profile is not None
@@ -179,7 +180,7 @@ def test_a_read_as_of_on_a_connection_with_cached_plans_reads_the_past_and_write
             for _ in range(8):  # enough for psycopg to prepare the reads' statements
                 views.timeline(conn, "cu-ann")
                 views.customer(conn, "cu-ann")
-            with as_of(conn, moments["merged"] - 1, "cu-ann"):
+            with as_of(conn, moments["merged"] - 1, "cu-ann", sealer=Sealer()):
                 then = views.customer(conn, "cu-ann")
                 items = views.timeline(conn, "cu-ann")
             assert then.aliases == []

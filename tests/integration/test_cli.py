@@ -98,7 +98,7 @@ def test_generate_writes_ndjson(run) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_migrate_and_db_url_with_a_configured_database(run, database_url) -> None:  # type: ignore[no-untyped-def]
-    assert "0007_access_log -> 0007_access_log" in run("migrate").output
+    assert "0008_privacy -> 0008_privacy" in run("migrate").output
     assert run("db", "url").output.strip() == database_url
     assert "configured" in run("db", "status").output
 

@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0007_access_log"
+HEAD = "0008_privacy"
 
 
 def tables(url: str) -> set[str]:

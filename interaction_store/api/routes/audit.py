@@ -7,17 +7,33 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from interaction_store import views
-from interaction_store.api.deps import MAX_POSITION, Auditor, PathId, Svc, id_query
-from interaction_store.api.models import AccessPage, CheckpointPage, problems
+from interaction_store.api.deps import (
+    MAX_POSITION,
+    Administrator,
+    Auditor,
+    PathId,
+    Svc,
+    id_query,
+)
+from interaction_store.api.models import (
+    AccessPage,
+    CheckpointPage,
+    ErasureAnswer,
+    ErasureRequest,
+    problems,
+)
 from interaction_store.api.problems import JSON, Problem
+from interaction_store.api.routes.appends import read_body
 from interaction_store.audit import checkpoints
 from interaction_store.audit.access import Access, accesses
 from interaction_store.audit.export import export_customer
+from interaction_store.shredding import Erasure, erase
 
 __all__ = ["router"]
 
@@ -131,7 +147,64 @@ async def export(svc: Svc, key: Auditor, customer_id: PathId) -> StreamingRespon
 
     def lines() -> Iterator[bytes]:
         with svc.connection() as conn:
-            for line in export_customer(conn, customer):
+            for line in export_customer(conn, customer, svc.store.sealer):
                 yield orjson.dumps(line) + b"\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.post(
+    "/v1/customers/{customer_id}/erase",
+    tags=["customers"],
+    response_model=ErasureAnswer,
+    responses=problems(401, 403, 404, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": ErasureRequest.model_json_schema()}},
+        }
+    },
+)
+async def erase_customer(
+    request: Request, svc: Svc, key: Administrator, customer_id: PathId
+) -> JSON:
+    """Erase the person (crypto-shredding): destroy the data keys of the customer, of the
+    customers merged into it and of all their contacts, and append ``customer.erased``.
+    Their personal data in the log can no longer be read (it reads as placeholders), the
+    log itself is untouched (so ``audit verify`` still passes), and the projections purge
+    their rows from the views. A new interaction from one of their addresses starts a
+    new history. Irreversible."""
+
+    raw = await read_body(request, svc)
+    try:
+        body = ErasureRequest.model_validate(orjson.loads(raw) if raw.strip() else {})
+    except orjson.JSONDecodeError as exc:
+        raise Problem(422, "Invalid request", f"the body is not JSON: {exc}") from None
+    except ValidationError as exc:
+        raise Problem(
+            422,
+            "Invalid request",
+            "the body is not an erasure request",
+            errors=[
+                {"field": ".".join(map(str, e["loc"])) or None, "reason": e["msg"]}
+                for e in exc.errors()
+            ],
+        ) from None
+
+    def run() -> Erasure:
+        actor = f"api key {key.name} ({key.key_id})"
+        return erase(svc.store, customer_id, reason=body.reason, actor=actor)
+
+    try:
+        done = await run_in_threadpool(run)
+    except LookupError:
+        raise Problem(404, "Not found", f"no customer {customer_id}") from None
+    return JSON(
+        {
+            "customer_id": done.customer_id,
+            "merged_customer_ids": done.merged_customer_ids,
+            "contacts": done.contacts,
+            "keys_shredded": done.keys_shredded,
+            "position": done.position,
+        }
+    )

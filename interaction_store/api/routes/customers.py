@@ -104,7 +104,8 @@ def _summary(svc: Service, customer_id: str, as_of_text: str | None = None) -> d
         now = None  # service levels are judged at the moment read
         if as_of_text is not None:
             position = _as_of_position(conn, as_of_text)
-            past, now = as_of(conn, position, customer_id), recorded_at(conn, position)
+            past = as_of(conn, position, customer_id, sealer=svc.store.sealer)
+            now = recorded_at(conn, position)
         with past:
             found = views.find_customer_read(customer_id).run(conn)
             if found is None:
@@ -258,7 +259,10 @@ async def customer_timeline(
 def _timeline_then(
     svc: Service, customer_id: str, read: views.Read[list[views.TimelineItem]], text: str
 ) -> tuple[list[views.TimelineItem], str | None]:
-    with svc.connection() as conn, as_of(conn, _as_of_position(conn, text), customer_id):
+    with (
+        svc.connection() as conn,
+        as_of(conn, _as_of_position(conn, text), customer_id, sealer=svc.store.sealer),
+    ):
         return read.run(conn), views.find_customer_read(customer_id).run(conn)
 
 

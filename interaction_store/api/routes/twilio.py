@@ -123,7 +123,10 @@ def _append(request: Request, svc: Service, event: dict[str, Any], sessions: boo
                 return  # a redelivery: it must not move the pair's session either
             at = datetime.fromisoformat(event["occurred_at"])
             gap = svc.settings.sms_idle_gap
-            data["thread_key"] = feeds.sms_session(conn, data["thread_key"], at, gap)
+            # The pair is two phone numbers: the log and the session table keep only its
+            # keyed token, so an erased number is not left behind in either.
+            pair = svc.store.sealer.keyring(conn).token(f"sms-pair:{data['thread_key']}").hex()
+            data["thread_key"] = feeds.sms_session(conn, pair, at, gap)
     # Twilio's ids are unique, so the same id again is a redelivery, which differs only
     # in when it was received (these callbacks carry no time of their own), or the final
     # status of a call already stored as a voicemail.

@@ -110,6 +110,13 @@ def _append(svc: Service, payload: Any) -> AppendResult | None:
                 str(exc),
                 errors=[{"field": exc.field, "reason": exc.reason}],
             ) from None
+        # A direct-message thread is named by the two user ids: the log keeps its keyed
+        # token instead, so an erased user's id is not left behind in it.
+        keyring = svc.store.sealer.keyring(conn)
+        for event in events:
+            thread = event["data"].get("thread_key", "")
+            if thread.startswith("x:dm:"):
+                event["data"]["thread_key"] = "x:dm:" + keyring.token(thread).hex()
         # A redelivery is dropped before it is compared: the thread of a reply may have
         # become known since its first delivery.
         events = [

@@ -1,0 +1,80 @@
+"""Personal data: the data keys it is encrypted under, and the secret behind the keys.
+
+Revision ID: 0008_privacy
+Revises: 0007_access_log
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0008_privacy"
+down_revision = "0007_access_log"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(r"""
+-- The secret the data keys are wrapped with and identities are tokenised with. secret is
+-- NULL when it is configured outside the database (INTERACTION_STORE_PRIVACY_KEY); the
+-- fingerprint tells a wrong configured secret from the right one.
+CREATE TABLE privacy_secret (
+    singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    secret      bytea,
+    fingerprint bytea       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One AES-256 key per owner (a customer or a contact, as a keyed token) and scope:
+-- 'identity' (addresses and names) or '<channel>/<yyyy-mm>' (the content of that
+-- channel's interactions of that month, so retention can shred a month at a time).
+-- Shredding sets key to NULL: what it encrypted can no longer be read, and the next
+-- event of that owner and scope gets a new key.
+CREATE TABLE data_keys (
+    key_id       bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner        bytea       NOT NULL,
+    scope        text        NOT NULL,
+    channel      text,
+    period       date,
+    key          bytea,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    shredded_at  timestamptz,
+    shred_reason text,
+    CHECK ((key IS NULL) = (shredded_at IS NOT NULL))
+);
+CREATE UNIQUE INDEX data_keys_live ON data_keys (owner, scope) WHERE shredded_at IS NULL;
+CREATE INDEX data_keys_owner ON data_keys (owner);
+CREATE INDEX data_keys_expiring ON data_keys (channel, period) WHERE shredded_at IS NULL;
+
+-- Called by each append that encrypts: takes a lock that shredding waits for, then
+-- refuses (ISC02) if one of the keys was shredded since the appender fetched it, so an
+-- event is never written under a key that is already gone.
+CREATE FUNCTION data_keys_live(ids bigint[]) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    gone bigint[];
+BEGIN
+    IF cardinality(ids) = 0 THEN
+        RETURN true;
+    END IF;
+    LOCK TABLE data_keys IN ROW EXCLUSIVE MODE;
+    SELECT array_agg(key_id) INTO gone
+      FROM data_keys WHERE key_id = ANY (ids) AND key IS NULL;
+    IF gone IS NOT NULL THEN
+        RAISE EXCEPTION 'data keys % were shredded', gone
+              USING ERRCODE = 'ISC02', DETAIL = array_to_string(gone, ',');
+    END IF;
+    RETURN true;
+END
+$fn$;
+""")
+
+
+def downgrade() -> None:
+    op.execute("""
+DROP FUNCTION data_keys_live(bigint[]);
+DROP TABLE data_keys;
+DROP TABLE privacy_secret;
+""")

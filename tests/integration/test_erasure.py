@@ -1,0 +1,286 @@
+"""Erasure by crypto-shredding, on the real app and database.
+
+A customer whose history carries a unique canary string (in a name, an address, email
+subjects and bodies, a call transcript, a chat) is erased. Afterwards the API answers
+placeholders and never a 5xx, the other customers' answers are byte-identical, a rebuild
+and a replay succeed and agree, ``audit verify`` passes, the canary is nowhere in a
+``pg_dump`` of the database, and a new email from the same address starts a new history
+under a new key.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from psycopg_pool import ConnectionPool
+
+from interaction_store.api import create_app
+from interaction_store.audit.replay import replay
+from interaction_store.audit.verify import verify
+from interaction_store.cli import cli
+from interaction_store.demo import generate
+from interaction_store.keys import create_key
+from interaction_store.projections import ProjectionRunner, all_projections
+from interaction_store.settings import Settings
+from interaction_store.shredding import erase
+from interaction_store.store import Store
+from tests.helpers import T0, email
+from tests.integration.test_rebuild import rebuild_all, snapshot
+
+CANARY = "Xq7Zt9Canary"
+ADDRESS = f"{CANARY.lower()}@example.com"
+PHONE = "+14155550142"
+
+
+def canary_history(store: Store) -> None:
+    """cu-canary (with cu-canary-old merged in) and cu-other, who share nothing."""
+    at = T0.isoformat()
+    store.append_batch(
+        [
+            {"type": "customer.registered", "occurred_at": at,
+             "data": {"customer_id": "cu-canary", "name": f"Ann {CANARY}", "tier": "gold",
+                      "contacts": [f"email:{ADDRESS}", f"phone:{PHONE}"]}},
+            {"type": "customer.registered", "occurred_at": at,
+             "data": {"customer_id": "cu-canary-old", "name": f"A. {CANARY}",
+                      "contacts": [f"email:old.{ADDRESS}"]}},
+            {"type": "customer.registered", "occurred_at": at,
+             "data": {"customer_id": "cu-other", "name": "Bob Other",
+                      "contacts": ["email:bob@example.com"]}},
+        ]
+    )  # fmt: skip
+    store.append_batch(
+        [
+            email(1, contact=f"email:{ADDRESS}", subject=f"Refund {CANARY}",
+                  body=f"<p>My account {CANARY} was charged twice</p>", external_id="m-1"),
+            email(2, contact=f"email:old.{ADDRESS}", subject="old address",
+                  body=f"signed {CANARY}", external_id="m-2"),
+            email(3, contact="email:bob@example.com", subject="Bob's question",
+                  body="Where is my parcel?", external_id="m-3"),
+            {"type": "call.completed", "occurred_at": T0.isoformat(),
+             "data": {"contact": f"phone:{PHONE}", "direction": "inbound", "status": "answered",
+                      "external_id": "call-1", "duration_s": 60,
+                      "transcript": f"this is {CANARY} calling about the refund"}},
+            {"type": "chat.message", "occurred_at": T0.isoformat(),
+             "data": {"contact": "chat:visitor-77", "direction": "inbound",
+                      "customer_id": "cu-canary", "external_id": "chat-1",
+                      "text": f"hello, {CANARY} here"}},
+        ]
+    )  # fmt: skip
+    store.append_batch(
+        [{"type": "customer.merged", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": "cu-canary", "source_customer_id": "cu-canary-old"}}]
+    )  # fmt: skip
+    ProjectionRunner(store, all_projections()).catch_up()
+
+
+@pytest.fixture
+def http(pool: ConnectionPool[Any], database_url: str, store: Store) -> Iterator[TestClient]:
+    canary_history(store)
+    app = create_app(Settings(database_url=database_url), pool=pool, projector=False)
+    with TestClient(app) as client:
+        yield client
+
+
+def bearer(pool: ConnectionPool[Any], *scopes: str) -> dict[str, str]:
+    key, _ = create_key(pool, "-".join(scopes), list(scopes))
+    return {"Authorization": f"Bearer {key}"}
+
+
+def pg_dump(database_url: str) -> str:
+    """The database as SQL, dumped by the pg_dump of the embedded server's wheel (new
+    enough for either server the suite runs on)."""
+    import pgserver
+
+    binary = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
+    return subprocess.run(
+        [str(binary), "--no-owner", "--dbname", database_url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+OTHER_READS = (
+    "/v1/customers/cu-other",
+    "/v1/customers/cu-other/timeline",
+    "/v1/customers/cu-other/context",
+    "/v1/customers/lookup?identity=email:bob@example.com",
+)
+
+
+def test_an_erased_customer_leaves_placeholders_and_no_trace_of_the_canary(
+    http: TestClient, pool: ConnectionPool[Any], store: Store, database_url: str
+) -> None:
+    reader = bearer(pool, "timeline:read")
+    auditor = bearer(pool, "audit:read")
+    admin = bearer(pool, "admin")
+    assert CANARY in pg_dump(database_url)  # the views hold it, as they should, till now
+    others = {path: http.get(path, headers=reader).content for path in OTHER_READS}
+    head = store.head()
+
+    answer = http.post(
+        "/v1/customers/cu-canary-old/erase", json={"reason": "DSR 118"}, headers=admin
+    )
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert done["customer_id"] == "cu-canary"  # the alias stands for its customer
+    assert done["merged_customer_ids"] == ["cu-canary-old"]
+    assert done["contacts"] == 3  # both emails and the phone
+    assert done["keys_shredded"] >= 4
+    assert done["position"] == head + 1
+    ProjectionRunner(store, all_projections()).catch_up()
+
+    # The API answers placeholders, never an error.
+    summary = http.get("/v1/customers/cu-canary", headers=reader)
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["profile"]["erased_at"] is not None
+    assert summary.json()["profile"]["name"] is None
+    assert summary.json()["identities"] == []
+    assert http.get("/v1/customers/cu-canary/timeline", headers=reader).json()["items"] == []
+    assert http.get("/v1/customers/cu-canary/context", headers=reader).status_code == 200
+    lookup = http.get(f"/v1/customers/lookup?identity=email:{ADDRESS}", headers=reader)
+    assert lookup.status_code == 404
+    log = http.get("/v1/log?limit=100", headers=auditor)
+    assert log.status_code == 200
+    assert CANARY not in log.text
+    assert CANARY.lower() not in log.text
+    stored = {e["data"].get("external_id"): e["data"] for e in log.json()["events"]}
+    assert stored["m-1"]["subject"] == "[erased]"
+    assert stored["m-1"]["body"] == "[erased]"
+    assert stored["m-1"]["contact"]["value"].startswith("erased-")
+    assert stored["call-1"]["transcript"] == "[erased]"
+    assert stored["chat-1"]["text"] == "[erased]"
+    assert stored["m-3"]["body"] == "Where is my parcel?"  # another's email is untouched
+    registered = [e for e in log.json()["events"] if e["type"] == "customer.registered"]
+    assert [e["data"].get("name") for e in registered] == ["[erased]", "[erased]", "Bob Other"]
+    exported = http.get("/v1/customers/cu-canary/export", headers=auditor)
+    assert exported.status_code == 200
+    assert CANARY not in exported.text
+
+    # Everyone else reads exactly as before.
+    assert {path: http.get(path, headers=reader).content for path in OTHER_READS} == others
+
+    # The log still verifies; a rebuild and a replay work and agree with the live views.
+    with psycopg.connect(database_url) as conn:
+        report = verify(conn, None)
+    assert report.ok, report.failures
+    live = snapshot(store)
+    assert replay(store).identical
+    rebuild_all(store, batch_size=2)
+    assert snapshot(store) == live
+
+    dump = pg_dump(database_url)
+    for trace in (CANARY, CANARY.lower(), CANARY.upper(), PHONE, PHONE[2:]):
+        assert trace not in dump, trace
+
+    # The same address again: a new history, under a new key the old one is not.
+    old_keys = _keys(database_url)
+    store.append_batch([email(9, contact=f"email:{ADDRESS}", subject="hello again",
+                              body="new here", external_id="m-9")])  # fmt: skip
+    ProjectionRunner(store, all_projections()).catch_up()
+    found = http.get(f"/v1/customers/lookup?identity=email:{ADDRESS}", headers=reader)
+    assert found.status_code == 200
+    newcomer = found.json()["customer_id"]
+    assert newcomer != "cu-canary"
+    items = http.get(f"/v1/customers/{newcomer}/timeline", headers=reader).json()["items"]
+    assert [i["subject"] for i in items] == ["hello again"]
+    new_keys = _keys(database_url) - old_keys
+    assert new_keys
+    assert all(live for _, live in new_keys)
+    shredded_ids = {key_id for key_id, live in old_keys if not live}
+    assert not shredded_ids & {key_id for key_id, _ in new_keys}
+
+
+def _keys(database_url: str) -> set[tuple[int, bool]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT key_id, key IS NOT NULL FROM data_keys").fetchall()
+    return {(key_id, live) for key_id, live in rows}
+
+
+def test_erasing_an_unknown_customer_is_404_and_writes_nothing(
+    http: TestClient, pool: ConnectionPool[Any], database_url: str, store: Store
+) -> None:
+    before = (store.head(), _keys(database_url))
+    answer = http.post("/v1/customers/cu-nobody/erase", headers=bearer(pool, "admin"))
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert (store.head(), _keys(database_url)) == before
+
+
+def test_erasing_needs_the_admin_scope(http: TestClient, pool: ConnectionPool[Any]) -> None:
+    answer = http.post("/v1/customers/cu-canary/erase", headers=bearer(pool, "audit:read"))
+    assert answer.status_code == 403
+    assert http.post("/v1/customers/cu-canary/erase").status_code == 401
+
+
+def test_an_append_with_a_key_shredded_meanwhile_is_sealed_again(
+    pool: ConnectionPool[Any], store: Store
+) -> None:
+    """Another process's store still holds the key in memory: its next append must not be
+    written under the destroyed key (``data_keys_live``), but under a new one."""
+    canary_history(store)
+    stale = Store(pool)
+    try:
+        stale.append_batch([email(20, contact=f"email:{ADDRESS}", external_id="m-20")])
+        erase(store, "cu-canary")
+        stale.append_batch(
+            [email(21, contact=f"email:{ADDRESS}", subject="after", external_id="m-21")]
+        )
+        [after] = [e for e in stale.read_all(limit=100) if e.data.get("external_id") == "m-21"]
+        assert after.data["subject"] == "after"  # sealed under a key that exists
+        assert after.data["contact"]["value"] == ADDRESS
+    finally:
+        stale.close()
+
+
+def test_a_generated_log_with_merges_replays_identically_after_an_erasure(
+    store: Store, database_url: str
+) -> None:
+    store.append_batch(list(generate(300, seed=11, customer_count=20, with_customers=True)))
+    runner = ProjectionRunner(store, all_projections(), batch_size=64)
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        busiest = conn.execute(
+            "SELECT customer_id FROM timeline WHERE customer_id LIKE 'cu-%'"
+            " GROUP BY customer_id ORDER BY count(*) DESC, customer_id LIMIT 2"
+        ).fetchall()
+    first, second = (row[0] for row in busiest)
+    store.append_batch(
+        [{"type": "customer.merged", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": first, "source_customer_id": second}}]
+    )  # fmt: skip
+    erase(store, first)
+    store.append_batch(list(generate(100, seed=12, customer_count=20)))
+    runner.catch_up()
+    report = replay(store, batch_size=50)
+    assert report.identical, report.differences
+    with psycopg.connect(database_url) as conn:
+        assert verify(conn, None).ok
+
+
+def test_the_erase_command_asks_first_and_purges_the_views(database_url: str, store: Store) -> None:
+    canary_history(store)
+    runner = CliRunner()
+    refused = runner.invoke(
+        cli, ["--database-url", database_url, "erase", "cu-canary"], input="n\n"
+    )
+    assert refused.exit_code == 1
+    assert "Aborted" in refused.output
+    done = runner.invoke(cli, ["--database-url", database_url, "erase", "cu-canary", "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "erased cu-canary and cu-canary-old" in done.output
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM timeline WHERE customer_id IN ('cu-canary', 'cu-canary-old')"
+        ).fetchone()
+    assert rows == (0,)
+    unknown = runner.invoke(cli, ["--database-url", database_url, "erase", "cu-x", "--yes"])
+    assert unknown.exit_code == 1
+    assert "no customer cu-x" in unknown.output
