@@ -5,17 +5,21 @@ An event's personal fields leave its stored payload for one or two sealed boxes:
 - the **identity** box (the contact's address, a handle, a customer's name and contacts),
   under the owner's ``identity`` key, destroyed only by erasure;
 - the **content** box (subjects, bodies, texts, transcripts, recipients, attachments,
-  recording and media links, attributes), under the owner's key for that channel and
-  month, which retention destroys once the month is older than the channel's period.
+  recording and media links, attributes), under a key derived from two: the owner's
+  identity key and the key of the interaction's channel and month. Erasure destroys the
+  first, retention the second (once the month is older than the channel's period);
+  either makes the content unreadable.
 
 The owner is the customer the event names, else the interaction's contact. In the stored
 payload a contact keeps its kind and gains a *token*, a keyed hash of ``kind:value``:
 attribution, lookups and replays still tell contacts apart when their keys are gone, and
-the token says nothing to whoever lacks the secret. A box is AES-256-GCM with the event's
-id as associated data and a nonce derived from the key and the plaintext (an HMAC), so
-the same event sealed again is the same bytes: a retried append is still recognised as
-the one stored. The hash chain covers the stored, sealed bytes, so shredding a key
-breaks no verification.
+the token says nothing to whoever lacks the secret. A box is AES-256-GCM-SIV (RFC 8452),
+deterministic, so the same event sealed again is the same bytes and a retried append is
+still recognised as the one stored; unlike plain GCM it stays safe when a nonce repeats,
+revealing only that two plaintexts are equal. A content box takes the event's id as its
+nonce and associated data; an identity box takes none, so an owner's address seals to
+the same bytes in each of its events (which the contact's token shows anyway). The hash
+chain covers the stored, sealed bytes, so shredding a key breaks no verification.
 
 Data keys live in ``data_keys``, wrapped (AES-GCM) with a key derived from the privacy
 secret; the secret is ``INTERACTION_STORE_PRIVACY_KEY`` or, when that is unset, one kept
@@ -28,28 +32,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 import orjson
 import psycopg
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 
 from interaction_store.exceptions import ConfigurationError, DatabaseError
 from interaction_store.settings import Settings
 
 __all__ = [
     "CONTENT_FIELDS",
+    "PERIOD_OWNER",
     "PLACEHOLDER",
-    "KeyRequest",
     "Keyring",
     "KeysShredded",
     "Sealer",
@@ -88,6 +93,9 @@ _CUSTOMER_TYPES: Final = frozenset(
     }
 )
 _TOKEN_BYTES: Final = 16
+#: The owner of the channel-and-month keys, which belong to no one identity.
+PERIOD_OWNER: Final = bytes(_TOKEN_BYTES)
+_IDENTITY_NONCE: Final = bytes(12)
 
 
 def privacy_key_from_settings(settings: Settings) -> bytes | None:
@@ -125,7 +133,7 @@ class Keyring:
     def __init__(self, secret: bytes) -> None:
         self._index = hmac.digest(secret, b"interaction-store identity tokens v1", "sha256")
         self._wrap = AESGCM(hmac.digest(secret, b"interaction-store key wrapping v1", "sha256"))
-        self._tokens: dict[str, bytes] = {}
+        self._tokens: dict[str, tuple[bytes, str]] = {}
 
     @staticmethod
     def fingerprint(secret: bytes) -> bytes:
@@ -163,13 +171,16 @@ class Keyring:
 
     def token(self, identity: str) -> bytes:
         """The keyed token of an identity (``kind:value`` or ``customer:<id>``)."""
-        token = self._tokens.get(identity)
-        if token is None:
+        return self.token_and_hex(identity)[0]
+
+    def token_and_hex(self, identity: str) -> tuple[bytes, str]:
+        found = self._tokens.get(identity)
+        if found is None:
             token = hmac.digest(self._index, identity.encode(), "sha256")[:_TOKEN_BYTES]
             if len(self._tokens) > 200_000:
                 self._tokens.clear()
-            self._tokens[identity] = token
-        return token
+            found = self._tokens[identity] = (token, token.hex())
+        return found
 
     def wrap(self, owner: bytes, scope: str, key: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -185,9 +196,8 @@ class Keyring:
             ) from None
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRequest:
-    """A data key wanted for sealing: its owner's token and its scope."""
+class _Request(NamedTuple):
+    """A data key wanted for sealing: an identity's, or a channel's month's."""
 
     owner: bytes
     scope: str
@@ -195,11 +205,17 @@ class KeyRequest:
     period: str | None = None  # the month's first day, ISO
 
 
+@functools.lru_cache(maxsize=4096)
+def _period(channel: str, year: int, month: int) -> _Request:
+    yyyy_mm = f"{year:04d}-{month:02d}"  # not strftime, which does not pad years < 1000
+    return _Request(PERIOD_OWNER, f"{channel}/{yyyy_mm}", channel, f"{yyyy_mm}-01")
+
+
 @dataclass(frozen=True, slots=True)
 class _Key:
     key_id: int
-    cipher: AESGCM
     raw: bytes
+    cipher: AESGCMSIV
 
 
 def is_sealed(data: Mapping[str, Any]) -> bool:
@@ -209,7 +225,13 @@ def is_sealed(data: Mapping[str, Any]) -> bool:
 def key_ids_of(data: Mapping[str, Any]) -> list[int]:
     """The data keys a stored payload's boxes are sealed under."""
     sealed = data.get("sealed")
-    return [box["key"] for box in sealed.values()] if isinstance(sealed, dict) else []
+    if not isinstance(sealed, dict):
+        return []
+    ids = [box["key"] for box in sealed.values()]
+    content = sealed.get("content")
+    if content is not None:
+        ids.append(content["period_key"])
+    return ids
 
 
 def contact_placeholder(kind: str, token: str) -> dict[str, str]:
@@ -217,11 +239,17 @@ def contact_placeholder(kind: str, token: str) -> dict[str, str]:
     return {"kind": kind, "value": f"erased-{token}"}
 
 
+def _content_cipher(identity: bytes, period: bytes) -> AESGCMSIV:
+    """The content key of an owner's interactions of one channel and month."""
+    return AESGCMSIV(hmac.digest(identity, b"interaction-store content v1" + period, "sha256"))
+
+
 class Sealer:
     """Seals events' personal fields on append and opens them on read.
 
     Sealing keeps the data keys it has used in memory and makes missing ones on a
-    connection of its own (autocommit, so a key exists before any event names it).
+    connection of its own (autocommit, so a key exists before any event names it); an
+    append refused because one was shredded meanwhile is sealed again (``forget``).
     Opening always asks the database which keys still exist, on the reader's own
     connection: a key shredded by another process is never used to read.
     """
@@ -235,7 +263,9 @@ class Sealer:
         self._conn: psycopg.Connection[Any] | None = None
         self._keyring: Keyring | None = None
         self._sealing: dict[tuple[bytes, str], _Key] = {}
-        self._opening: dict[int, tuple[bytes, AESGCM]] = {}
+        self._content: dict[tuple[int, int], AESGCMSIV] = {}
+        self._opening: dict[int, tuple[bytes, bytes]] = {}  # key id: (wrapped, raw)
+        self._identity_boxes: dict[tuple[int, bytes], str] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -266,15 +296,21 @@ class Sealer:
         return self._conn
 
     def forget(self, key_ids: Iterable[int]) -> None:
-        """Drop keys found shredded from the sealing cache."""
+        """Drop keys found shredded from the caches."""
         gone = set(key_ids)
         for wanted, key in list(self._sealing.items()):
             if key.key_id in gone:
                 self._sealing.pop(wanted, None)
+        for pair in list(self._content):
+            if gone.intersection(pair):
+                self._content.pop(pair, None)
+        for box in list(self._identity_boxes):
+            if box[0] in gone:
+                self._identity_boxes.pop(box, None)
         for key_id in gone:
             self._opening.pop(key_id, None)
 
-    def _keys_for(self, requests: Iterable[KeyRequest]) -> dict[tuple[bytes, str], _Key]:
+    def _keys_for(self, requests: Iterable[_Request]) -> dict[tuple[bytes, str], _Key]:
         """The live key of each request, made where there is none."""
         wanted = {(r.owner, r.scope): r for r in requests}
         found = {w: k for w in wanted if (k := self._sealing.get(w)) is not None}
@@ -282,20 +318,21 @@ class Sealer:
         if not missing:
             return found
         keyring = self.keyring()
+        made = {(r.owner, r.scope): os.urandom(32) for r in missing}
+        rows = [
+            {
+                "owner": r.owner.hex(),
+                "scope": r.scope,
+                "channel": r.channel,
+                "period": r.period,
+                "key": keyring.wrap(r.owner, r.scope, made[(r.owner, r.scope)]).hex(),
+            }
+            for r in missing
+        ]
         with self._lock:
             conn = self._connection()
-            rows = [
-                {
-                    "owner": r.owner.hex(),
-                    "scope": r.scope,
-                    "channel": r.channel,
-                    "period": r.period,
-                    "key": keyring.wrap(r.owner, r.scope, os.urandom(32)).hex(),
-                }
-                for r in missing
-            ]
             params = (orjson.dumps(rows).decode(),)
-            conn.execute(
+            inserted = conn.execute(
                 """
                 INSERT INTO data_keys (owner, scope, channel, period, key)
                 SELECT decode(r.owner, 'hex'), r.scope, r.channel, r.period,
@@ -303,58 +340,105 @@ class Sealer:
                   FROM jsonb_to_recordset(%s::jsonb)
                        AS r(owner text, scope text, channel text, period date, key text)
                 ON CONFLICT (owner, scope) WHERE shredded_at IS NULL DO NOTHING
-                """,
-                params,
-            )
-            live = conn.execute(
-                """
-                SELECT k.key_id, k.owner, k.scope, k.key
-                  FROM jsonb_to_recordset(%s::jsonb) AS r(owner text, scope text)
-                  JOIN data_keys AS k
-                    ON k.owner = decode(r.owner, 'hex') AND k.scope = r.scope
-                   AND k.shredded_at IS NULL
+                RETURNING key_id, owner, scope
                 """,
                 params,
             ).fetchall()
-        for key_id, owner, scope, wrapped in live:
-            raw = keyring.unwrap(bytes(owner), scope, bytes(wrapped))
-            key = _Key(key_id, AESGCM(raw), raw)
-            self._sealing[(bytes(owner), scope)] = key
-            found[(bytes(owner), scope)] = key
+            keys = [(key_id, bytes(o), sc, made[(bytes(o), sc)]) for key_id, o, sc in inserted]
+            if len(inserted) < len(missing):  # made meanwhile by another appender
+                taken = {(bytes(o), sc) for _, o, sc in inserted}
+                others = [
+                    row
+                    for row, r in zip(rows, missing, strict=True)
+                    if (r.owner, r.scope) not in taken
+                ]
+                for key_id, owner, scope, wrapped in conn.execute(
+                    """
+                    SELECT k.key_id, k.owner, k.scope, k.key
+                      FROM jsonb_to_recordset(%s::jsonb) AS r(owner text, scope text)
+                      JOIN data_keys AS k
+                        ON k.owner = decode(r.owner, 'hex') AND k.scope = r.scope
+                       AND k.shredded_at IS NULL
+                    """,
+                    (orjson.dumps(others).decode(),),
+                ).fetchall():
+                    raw = keyring.unwrap(bytes(owner), scope, bytes(wrapped))
+                    keys.append((key_id, bytes(owner), scope, raw))
         if len(self._sealing) > 100_000:
             self._sealing.clear()
+            self._content.clear()
+        for key_id, owner, scope, raw in keys:
+            key = _Key(key_id, raw, AESGCMSIV(raw))
+            self._sealing[(owner, scope)] = key
+            found[(owner, scope)] = key
         return found
 
     # Sealing ------------------------------------------------------------------------
 
     def seal(
-        self, events: Sequence[tuple[UUID, str, datetime, dict[str, Any]]]
-    ) -> list[tuple[dict[str, Any] | None, tuple[int, ...]]]:
-        """Each event's data with its personal fields sealed, and the keys it used.
+        self,
+        events: Sequence[tuple[UUID, str, datetime, dict[str, Any]]],
+        dumps: Callable[[dict[str, Any]], bytes],
+    ) -> list[tuple[bytes | None, tuple[int, ...]]]:
+        """Each event's data with its personal fields sealed, as ``dumps`` writes it, and
+        the keys it used.
 
         ``events`` are (id, type, occurred_at, data as JSON); for data with nothing
-        personal, (None, ()).
+        personal, (None, ()). The keys of the whole batch are found (or made) first, in
+        one round trip; then each event is sealed and written out at once, so the objects
+        sealing makes die young instead of burdening the garbage collector.
         """
         keyring = self.keyring()
-        plans = [_plan(keyring, *event) for event in events]
-        keys = self._keys_for(r for plan in plans if plan for r, _, _ in plan.boxes)
-        sealed: list[tuple[dict[str, Any] | None, tuple[int, ...]]] = []
-        for (event_id, _, _, _), plan in zip(events, plans, strict=True):
-            if plan is None:
+        wanted = [_keys_wanted(keyring, *event) for event in events]
+        keys = self._keys_for(
+            r for w in wanted if w is not None for r in (w[0], w[1]) if r is not None
+        )
+        sealed: list[tuple[bytes | None, tuple[int, ...]]] = []
+        for (event_id, event_type, _, data), want in zip(events, wanted, strict=True):
+            if want is None:
                 sealed.append((None, ()))
                 continue
-            boxes: dict[str, Any] = {}
-            used = []
-            for request, purpose, values in plan.boxes:
-                key = keys[(request.owner, request.scope)]
-                boxes[purpose] = {
-                    "key": key.key_id,
-                    "fields": list(values),
-                    "box": _encrypt(key, f"{event_id}/{purpose}".encode(), values),
+            identity_request, period_request = want
+            plain, identity, content = _split(keyring, event_type, data)
+            owner = keys[(identity_request.owner, identity_request.scope)]
+            boxes: dict[str, Any] = {
+                "identity": {
+                    "key": owner.key_id,
+                    "fields": tuple(identity),
+                    "box": self._identity_box(owner, identity),
                 }
-                used.append(key.key_id)
-            sealed.append(({**plan.plain, "sealed": boxes}, tuple(used)))
+            }
+            if period_request is None:
+                sealed.append((dumps({**plain, "sealed": boxes}), (owner.key_id,)))
+                continue
+            period = keys[(PERIOD_OWNER, period_request.scope)]
+            pair = (owner.key_id, period.key_id)
+            cipher = self._content.get(pair)
+            if cipher is None:
+                cipher = self._content[pair] = _content_cipher(owner.raw, period.raw)
+            boxes["content"] = {
+                "key": owner.key_id,
+                "period_key": period.key_id,
+                "fields": tuple(content),
+                "box": _encrypt(cipher, event_id.bytes, b"content", content),
+            }
+            plain["sealed"] = boxes
+            sealed.append((dumps(plain), pair))
         return sealed
+
+    def _identity_box(self, key: _Key, values: dict[str, Any]) -> str:
+        """An identity box: the same values under the same key are the same bytes, so the
+        box of a contact met before is not sealed again. (That two events of one owner
+        share an address says no more than their contacts' equal tokens.)"""
+        plaintext = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+        box = self._identity_boxes.get((key.key_id, plaintext))
+        if box is None:
+            sealed = key.cipher.encrypt(_IDENTITY_NONCE, plaintext, b"identity")
+            box = binascii.b2a_base64(sealed, newline=False).decode("ascii")
+            if len(self._identity_boxes) > 100_000:
+                self._identity_boxes.clear()
+            self._identity_boxes[(key.key_id, plaintext)] = box
+        return box
 
     # Opening ------------------------------------------------------------------------
 
@@ -366,107 +450,120 @@ class Sealer:
         ids = {key_id for _, data in payloads for key_id in key_ids_of(data)}
         if not ids:
             return [data for _, data in payloads]
-        ciphers = self._ciphers(conn, ids)
+        raws = self._raw_keys(conn, ids)
         return [
-            _open(event_id, data, ciphers) if is_sealed(data) else data
+            self._open(event_id, data, raws) if is_sealed(data) else data
             for event_id, data in payloads
         ]
 
-    def _ciphers(self, conn: psycopg.Connection[Any], ids: set[int]) -> dict[int, AESGCM]:
+    def _raw_keys(self, conn: psycopg.Connection[Any], ids: set[int]) -> dict[int, bytes]:
         rows = conn.execute(
             "SELECT key_id, owner, scope, key FROM data_keys"
             " WHERE key_id = ANY (%s) AND key IS NOT NULL",
             (list(ids),),
         ).fetchall()
         keyring: Keyring | None = None
-        ciphers = {}
+        raws = {}
         for key_id, owner, scope, wrapped in rows:
             wrapped = bytes(wrapped)
             memo = self._opening.get(key_id)
             if memo is None or memo[0] != wrapped:
                 keyring = keyring or self.keyring(conn)
-                memo = (wrapped, AESGCM(keyring.unwrap(bytes(owner), scope, wrapped)))
+                memo = (wrapped, keyring.unwrap(bytes(owner), scope, wrapped))
                 self._opening[key_id] = memo
-            ciphers[key_id] = memo[1]
-        for key_id in ids - ciphers.keys():
+            raws[key_id] = memo[1]
+        for key_id in ids - raws.keys():
             self._opening.pop(key_id, None)
         if len(self._opening) > 100_000:
             self._opening.clear()
-        return ciphers
+        return raws
+
+    def _open(
+        self, event_id: UUID, data: dict[str, Any], raws: Mapping[int, bytes]
+    ) -> dict[str, Any]:
+        opened = {k: v for k, v in data.items() if k != "sealed"}
+        for purpose, box in data["sealed"].items():
+            values = None
+            identity = raws.get(box["key"])
+            cipher: AESGCMSIV | None = None
+            if purpose == "content":
+                period = raws.get(box["period_key"])
+                if identity is not None and period is not None:
+                    cipher = _content_cipher(identity, period)
+            elif identity is not None:
+                cipher = AESGCMSIV(identity)
+            if cipher is not None:
+                sealed = base64.b64decode(box["box"])
+                if purpose == "identity":
+                    plaintext = cipher.decrypt(_IDENTITY_NONCE, sealed, b"identity")
+                else:
+                    eid = event_id.bytes
+                    plaintext = cipher.decrypt(eid[:12], sealed, eid + purpose.encode())
+                values = orjson.loads(plaintext)
+            for field in box["fields"]:
+                _restore(opened, field, values)
+        return opened
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    plain: dict[str, Any]
-    boxes: list[tuple[KeyRequest, str, dict[str, Any]]]
-
-
-def _plan(
+def _keys_wanted(
     keyring: Keyring, event_id: UUID, event_type: str, occurred_at: datetime, data: dict[str, Any]
-) -> _Plan | None:
-    """What of ``data`` goes into which box under which key; None: nothing personal."""
+) -> tuple[_Request, _Request | None] | None:
+    """The keys an event's boxes need: its owner's identity key and, for an interaction
+    with content, its channel's month's key; None: nothing personal to seal."""
     if "contact" in data and "channel" in data:  # an interaction
-        plain = dict(data)
-        contact = plain.pop("contact")
-        identity: dict[str, Any] = {"contact": contact["value"]}
-        plain["contact"] = {"kind": contact["kind"], "token": _token(keyring, contact)}
-        if "handle" in plain:
-            identity["handle"] = plain.pop("handle")
-        content: dict[str, Any] = {f: plain.pop(f) for f in CONTENT_FIELDS if f in plain}
         named = data.get("customer_id")
-        owner = keyring.token(
-            f"customer:{named}" if named else f"{contact['kind']}:{contact['value']}"
-        )
-        channel = data["channel"]
-        month = f"{occurred_at.year:04d}-{occurred_at.month:02d}"  # strftime: no padding
-        boxes = [(KeyRequest(owner, "identity"), "identity", identity)]
-        if content:
-            request = KeyRequest(owner, f"{channel}/{month}", channel, f"{month}-01")
-            boxes.append((request, "content", content))
-        return _Plan(plain, boxes)
-    if event_type not in _CUSTOMER_TYPES:
+        if named:
+            owner = keyring.token(f"customer:{named}")
+        else:
+            contact = data["contact"]
+            owner = keyring.token(f"{contact['kind']}:{contact['value']}")
+        period = None
+        if any(field in data for field in CONTENT_FIELDS):
+            period = _period(data["channel"], occurred_at.year, occurred_at.month)
+        return _Request(owner, "identity"), period
+    if event_type not in _CUSTOMER_TYPES or not (
+        "name" in data or "contact" in data or data.get("contacts")
+    ):
         return None
+    return _Request(keyring.token(f"customer:{data['customer_id']}"), "identity"), None
+
+
+def _split(
+    keyring: Keyring, event_type: str, data: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``data`` as (what stays in the clear, the identity box's fields, the content
+    box's fields); contacts keep their kind and gain their token."""
     plain = dict(data)
-    identity = {}
-    if "name" in plain:
-        identity["name"] = plain.pop("name")
+    identity: dict[str, Any] = {}
+    content: dict[str, Any] = {}
     if "contact" in plain:
         contact = plain["contact"]
         identity["contact"] = contact["value"]
         plain["contact"] = {"kind": contact["kind"], "token": _token(keyring, contact)}
+    if "channel" in plain:  # an interaction
+        if "handle" in plain:
+            identity["handle"] = plain.pop("handle")
+        content = {field: plain.pop(field) for field in CONTENT_FIELDS if field in plain}
+        return plain, identity, content
+    if "name" in plain:
+        identity["name"] = plain.pop("name")
     if plain.get("contacts"):
         contacts = plain["contacts"]
         identity["contacts"] = [c["value"] for c in contacts]
         plain["contacts"] = [{"kind": c["kind"], "token": _token(keyring, c)} for c in contacts]
-    if not identity:
-        return None
-    owner = keyring.token(f"customer:{data['customer_id']}")
-    return _Plan(plain, [(KeyRequest(owner, "identity"), "identity", identity)])
+    return plain, identity, content
 
 
 def _token(keyring: Keyring, contact: Mapping[str, str]) -> str:
-    return keyring.token(f"{contact['kind']}:{contact['value']}").hex()
+    return keyring.token_and_hex(f"{contact['kind']}:{contact['value']}")[1]
 
 
-def _encrypt(key: _Key, aad: bytes, values: dict[str, Any]) -> str:
+def _encrypt(cipher: AESGCMSIV, event_id: bytes, purpose: bytes, values: dict[str, Any]) -> str:
     plaintext = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
-    # Deterministic: the same event sealed again gives the same bytes (see the module).
-    nonce = hmac.digest(key.raw, aad + b"\x00" + plaintext, "sha256")[:12]
-    return base64.b64encode(nonce + key.cipher.encrypt(nonce, plaintext, aad)).decode()
-
-
-def _open(event_id: UUID, data: dict[str, Any], ciphers: Mapping[int, AESGCM]) -> dict[str, Any]:
-    opened = {k: v for k, v in data.items() if k != "sealed"}
-    for purpose, box in data["sealed"].items():
-        values = None
-        cipher = ciphers.get(box["key"])
-        if cipher is not None:
-            raw = base64.b64decode(box["box"])
-            aad = f"{event_id}/{purpose}".encode()
-            values = orjson.loads(cipher.decrypt(raw[:12], raw[12:], aad))
-        for field in box["fields"]:
-            _restore(opened, field, values)
-    return opened
+    # AES-GCM-SIV with the event's id as nonce: deterministic, so the same event sealed
+    # again is the same bytes, and safe though a nonce repeats (RFC 8452).
+    sealed = cipher.encrypt(event_id[:12], plaintext, event_id + purpose)
+    return binascii.b2a_base64(sealed, newline=False).decode("ascii")
 
 
 def _restore(data: dict[str, Any], field: str, values: Mapping[str, Any] | None) -> None:

@@ -3,7 +3,8 @@
 The log is never rewritten. ``erase`` destroys every key of a customer (and of the
 customers merged into it, and of their contacts) and appends ``customer.erased``, in one
 transaction; the projections then purge the person's rows from the views. ``apply_retention``
-destroys the content keys of each channel's months that are older than its period, and
+destroys the keys of each channel's months that are older than its period (every
+interaction's content key is derived from its owner's key and its month's), and
 writes the views' subjects and snippets again from what can still be read.
 
 Both take a lock on ``data_keys`` that appends sealing personal data also take, so no
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from interaction_store import views
+from interaction_store.privacy import PERIOD_OWNER
 from interaction_store.projections.timeline import refresh_content
 from interaction_store.store import EVENT_COLUMNS, Store
 
@@ -145,10 +147,10 @@ def apply_retention(
             report.channels.append(item)
             expiring = """
                 FROM data_keys
-               WHERE channel = %(channel)s AND shredded_at IS NULL
+               WHERE owner = %(owner)s AND channel = %(channel)s AND shredded_at IS NULL
                  AND (period + interval '1 month') <= %(cutoff)s
             """
-            params = {"channel": channel, "cutoff": cutoff}
+            params = {"owner": PERIOD_OWNER, "channel": channel, "cutoff": cutoff}
             if dry_run:
                 ids = [row[0] for row in conn.execute("SELECT key_id " + expiring, params)]
             else:
@@ -166,7 +168,7 @@ def apply_retention(
             if ids:
                 row = conn.execute(
                     "SELECT count(*) FROM events"
-                    " WHERE (payload->'sealed'->'content'->>'key')::bigint = ANY(%s)",
+                    " WHERE (payload->'sealed'->'content'->>'period_key')::bigint = ANY(%s)",
                     (ids,),
                 ).fetchone()
                 item.events = int(row[0]) if row else 0
@@ -205,7 +207,7 @@ def _redact(store: Store, key_ids: list[int], batch: int = 2000) -> int:
         while True:
             rows = conn.execute(
                 "SELECT " + EVENT_COLUMNS + " FROM events"
-                " WHERE (payload->'sealed'->'content'->>'key')::bigint = ANY(%s)"
+                " WHERE (payload->'sealed'->'content'->>'period_key')::bigint = ANY(%s)"
                 " AND position > %s ORDER BY position LIMIT %s",
                 (key_ids, after, batch),
             ).fetchall()
