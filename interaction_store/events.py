@@ -60,6 +60,7 @@ __all__ = [
     "CustomerUnmerged",
     "EmailReceived",
     "EmailSent",
+    "ErasedContact",
     "Event",
     "EventBase",
     "InteractionData",
@@ -299,10 +300,19 @@ class MergeData(CustomerData):
     reason: ShortText = ""
 
 
+class ErasedContact(Model):
+    """A contact of an erased customer, by the token its sealed events carry."""
+
+    kind: ContactKind
+    token: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
 class CustomerErasedData(CustomerData):
     reason: ShortText = ""
     # The customers merged into this one when it was erased: erased with it.
     merged_customer_ids: list[CustomerId] = Field(default_factory=list)
+    # Its contacts: their events read as erased-<token> once their keys are gone.
+    erased_contacts: list[ErasedContact] = Field(default_factory=list)
 
 
 class ConversationData(Model):

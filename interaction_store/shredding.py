@@ -86,6 +86,10 @@ def erase(store: Store, customer_id: str, *, reason: str = "", actor: str | None
                         "customer_id": found,
                         "reason": reason,
                         "merged_customer_ids": merged,
+                        "erased_contacts": [
+                            {"kind": kind, "token": keyring.token(f"{kind}:{value}").hex()}
+                            for kind, value in contacts
+                        ],
                     },
                     "metadata": metadata,
                 }

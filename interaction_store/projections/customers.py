@@ -39,17 +39,17 @@ class CustomersProjection:
 
 
 def _erase(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
-    """An erased customer keeps a profile that says so and nothing else; the customers
-    merged into it lose theirs."""
+    """An erased customer's profile keeps only that it was erased; the customers merged
+    into it lose theirs. (A customer without a profile, such as a contact's provisional
+    customer, is simply unknown afterwards; its address starts afresh if it writes again.)"""
     data = event.data
     conn.execute(
         """
-        INSERT INTO customer_profiles AS p (customer_id, updated_at, erased_at, position)
-        VALUES (%(c)s, %(at)s, %(at)s, %(position)s)
-        ON CONFLICT (customer_id) DO UPDATE
+        UPDATE customer_profiles
            SET name = NULL, tier = NULL, account_value = NULL, churn_risk = NULL,
                registered_at = NULL, erased_at = %(at)s, updated_at = %(at)s,
                position = %(position)s
+         WHERE customer_id = %(c)s
         """,
         {"c": data["customer_id"], "at": event.occurred_at, "position": event.position},
     )
@@ -95,6 +95,8 @@ def _profiles(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) ->
                account_value = coalesce(excluded.account_value, p.account_value),
                churn_risk = coalesce(excluded.churn_risk, p.churn_risk),
                registered_at = coalesce(p.registered_at, excluded.registered_at),
+               -- registered again after an erasure: a new customer under the old id
+               erased_at = CASE WHEN excluded.registered_at IS NULL THEN p.erased_at END,
                updated_at = excluded.updated_at,
                position = excluded.position
         """,

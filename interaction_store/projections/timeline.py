@@ -25,6 +25,7 @@ import orjson
 import psycopg
 
 from interaction_store.events import EVENT_NAMESPACE, derive_conversation_id
+from interaction_store.privacy import contact_placeholder
 from interaction_store.store import RecordedEvent
 from interaction_store.views import resolve_customer
 
@@ -271,7 +272,10 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
         )
         _reresolve(conn, before)
     elif event.type == "customer.erased":
-        _purge(conn, [customer, *data.get("merged_customer_ids", [])])
+        erased = [
+            contact_placeholder(c["kind"], c["token"]) for c in data.get("erased_contacts", [])
+        ]
+        _purge(conn, [customer, *data.get("merged_customer_ids", [])], erased)
     elif event.type == "customer.unmerged":
         before = resolve_customer(conn, customer)
         conn.execute(
@@ -343,9 +347,15 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
             _follow(conn, before, after)
 
 
-def _purge(conn: psycopg.Connection[Any], erased: list[str]) -> None:
+def _purge(
+    conn: psycopg.Connection[Any], erased: list[str], contacts: list[dict[str, str]]
+) -> None:
     """Forget an erased customer: the rows of them, of the customers merged into them, and
-    of their contacts. A later interaction from one of those contacts starts afresh."""
+    of their contacts. A later interaction from one of those contacts starts afresh.
+
+    ``contacts`` are the erased contacts as their shredded events read (``erased-<token>``):
+    a rebuild meets those events after their keys are gone, gives the contacts
+    provisional customers of those names, and must forget those rows too."""
     family = [
         row[0]
         for row in conn.execute(
@@ -358,11 +368,31 @@ def _purge(conn: psycopg.Connection[Any], erased: list[str]) -> None:
             {"erased": erased},
         ).fetchall()
     ]
-    conn.execute(
-        "DELETE FROM timeline WHERE customer_id = ANY(%(f)s) OR owner_id = ANY(%(f)s)",
-        {"f": family},
-    )
+    merged_away = [c for c in erased if resolve_customer(conn, c) != c]
+    conn.execute("DELETE FROM timeline WHERE customer_id = ANY(%s)", (family,))
+    if merged_away:  # erased while merged into another: its rows resolve elsewhere
+        conn.execute("DELETE FROM timeline WHERE owner_id = ANY(%s)", (family,))
     conn.execute("DELETE FROM identities WHERE customer_id = ANY(%s)", (family,))
+    if contacts:
+        pairs = {
+            "kinds": [c["kind"] for c in contacts],
+            "values": [c["value"] for c in contacts],
+        }
+        conn.execute(
+            """
+            DELETE FROM timeline
+             WHERE NOT named_customer AND (contact_kind, contact_value) IN (
+                   SELECT * FROM unnest(%(kinds)s::text[], %(values)s::text[]))
+            """,
+            pairs,
+        )
+        conn.execute(
+            """
+            DELETE FROM identities WHERE (kind, value) IN (
+                   SELECT * FROM unnest(%(kinds)s::text[], %(values)s::text[]))
+            """,
+            pairs,
+        )
     conn.execute(
         "DELETE FROM customer_merges"
         " WHERE source_customer_id = ANY(%(f)s) OR target_customer_id = ANY(%(f)s)",

@@ -10,8 +10,10 @@ under a new key.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +21,39 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
+from interaction_store import views
 from interaction_store.api import create_app
 from interaction_store.audit.replay import replay
 from interaction_store.audit.verify import verify
 from interaction_store.cli import cli
+from interaction_store.db import open_pool
 from interaction_store.demo import generate
+from interaction_store.exceptions import IdempotencyConflict
 from interaction_store.keys import create_key
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.settings import Settings
 from interaction_store.shredding import erase
 from interaction_store.store import Store
+from interaction_store.testing import TestDatabases
 from tests.helpers import T0, email
-from tests.integration.test_rebuild import rebuild_all, snapshot
+from tests.integration.test_rebuild import CONTACTS, CUSTOMERS, histories, rebuild_all, snapshot
 
 CANARY = "Xq7Zt9Canary"
 ADDRESS = f"{CANARY.lower()}@example.com"
 PHONE = "+14155550142"
+
+
+canary_email = email(
+    1,
+    contact=f"email:{ADDRESS}",
+    subject=f"Refund {CANARY}",
+    body=f"<p>My account {CANARY} was charged twice</p>",
+    external_id="m-1",
+)
 
 
 def canary_history(store: Store) -> None:
@@ -57,8 +74,7 @@ def canary_history(store: Store) -> None:
     )  # fmt: skip
     store.append_batch(
         [
-            email(1, contact=f"email:{ADDRESS}", subject=f"Refund {CANARY}",
-                  body=f"<p>My account {CANARY} was charged twice</p>", external_id="m-1"),
+            canary_email,
             email(2, contact=f"email:old.{ADDRESS}", subject="old address",
                   body=f"signed {CANARY}", external_id="m-2"),
             email(3, contact="email:bob@example.com", subject="Bob's question",
@@ -191,6 +207,8 @@ def test_an_erased_customer_leaves_placeholders_and_no_trace_of_the_canary(
     assert newcomer != "cu-canary"
     items = http.get(f"/v1/customers/{newcomer}/timeline", headers=reader).json()["items"]
     assert [i["subject"] for i in items] == ["hello again"]
+    with pytest.raises(IdempotencyConflict):  # the erased email, delivered again
+        store.append_batch([canary_email])
     new_keys = _keys(database_url) - old_keys
     assert new_keys
     assert all(live for _, live in new_keys)
@@ -284,3 +302,92 @@ def test_the_erase_command_asks_first_and_purges_the_views(database_url: str, st
     unknown = runner.invoke(cli, ["--database-url", database_url, "erase", "cu-x", "--yes"])
     assert unknown.exit_code == 1
     assert "no customer cu-x" in unknown.output
+
+
+def test_a_provisional_customer_is_erased_and_its_address_starts_afresh(
+    store: Store, database_url: str
+) -> None:
+    """A contact no customer claims has a provisional customer; erased, it is unknown, and
+    the same address writing again is a new history under the same provisional id."""
+    store.append_batch([email(1, contact="email:walkin@example.com", body="walk-in secret",
+                              external_id="w-1")])  # fmt: skip
+    runner = ProjectionRunner(store, all_projections())
+    runner.catch_up()
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT customer_id FROM timeline").fetchone()
+    assert row is not None
+    provisional = row[0]
+    done = erase(store, provisional)
+    assert (done.customer_id, done.contacts) == (provisional, 1)
+    runner.catch_up()
+    with psycopg.connect(database_url) as conn:
+        assert views.find_customer_read(provisional).run(conn) is None
+    store.append_batch([email(2, contact="email:walkin@example.com", body="back again",
+                              external_id="w-2")])  # fmt: skip
+    runner.catch_up()
+    with psycopg.connect(database_url) as conn:
+        summary = views.customer(conn, provisional)
+        items = views.timeline(conn, provisional)
+    assert summary.profile is None or summary.profile.erased_at is None
+    assert [i.snippet for i in items] == ["back again"]
+    assert "walk-in secret" not in pg_dump(database_url)
+    assert replay(store).identical
+
+
+# Any history ---------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    history=histories,
+    erasures=st.lists(
+        st.tuples(st.integers(0, 5), st.sampled_from([*CUSTOMERS, *CONTACTS])), max_size=3
+    ),
+)
+def test_any_history_with_erasures_replays_identically(
+    databases: TestDatabases,
+    history: list[list[dict[str, Any]]],
+    erasures: list[tuple[int, Any]],
+) -> None:
+    """Links, unlinks, merges, unmerges and interactions in any order, with customers (or
+    the owners of contacts) erased between them: a replay after it all agrees with the
+    live views, and the log verifies."""
+    url = databases.create()
+    try:
+        with open_pool(url, min_size=1, max_size=4) as pool:
+            store = Store(pool)
+            runner = ProjectionRunner(store, all_projections(), batch_size=3, max_attempts=1)
+            minute = 0
+            for at, chunk in enumerate(history):
+                events = []
+                for event in chunk:
+                    minute += 1
+                    event = {**event, "occurred_at": T0 + timedelta(minutes=minute)}
+                    if "channel" in event["data"]:
+                        event["data"] = {**event["data"], "external_id": f"x-{minute}"}
+                    events.append(event)
+                store.append_batch(events)
+                runner.catch_up()
+                for _, target in [e for e in erasures if e[0] == at]:
+                    with pool.connection() as conn:
+                        who = (
+                            target
+                            if isinstance(target, str)
+                            else views.lookup_read(f"{target['kind']}:{target['value']}").run(conn)
+                        )
+                    if who is not None:
+                        with contextlib.suppress(LookupError):
+                            erase(store, who)
+                        runner.catch_up()
+            report = replay(store, batch_size=4)
+            with psycopg.connect(url) as conn:
+                verified = verify(conn, None)
+            store.close()
+        assert report.identical, report.differences
+        assert verified.ok, verified.failures
+    finally:
+        databases.drop(url)
