@@ -145,9 +145,11 @@ def _graph(conn: psycopg.Connection[Any], live: str, cut: tuple[str, int], seale
     bounds = {"txid": cut[0], "position": cut[1]}
     sights = conn.execute(
         sql.SQL(
-            "SELECT min(t.position), t.contact_kind, t.contact_value"
+            "SELECT min(t.position), t.contact_kind, t.contact_token,"
+            " coalesce(min(t.contact_value) FILTER (WHERE t.contact_value NOT LIKE"
+            " 'erased-%%'), min(t.contact_value))"
             " FROM {} AS t JOIN events AS e ON e.position = t.position"
-            " WHERE NOT t.named_customer AND " + _UPTO + " GROUP BY t.contact_kind, t.contact_value"
+            " WHERE NOT t.named_customer AND " + _UPTO + " GROUP BY t.contact_kind, t.contact_token"
         ).format(sql.Identifier(live, "timeline")),
         bounds,
     ).fetchall()
@@ -194,10 +196,13 @@ def _first_seen(conn: psycopg.Connection[Any], sights: Sequence[tuple[Any, ...]]
         return
     with conn.cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO identities (kind, value, customer_id, confidence, reason, position)"
-            " VALUES (%s, %s, %s, 'provisional', 'first seen', %s)"
-            " ON CONFLICT (kind, value) DO NOTHING",
-            [(kind, value, provisional_customer_id(kind, value), p) for p, kind, value in sights],
+            "INSERT INTO identities (kind, token, value, customer_id, confidence, reason,"
+            " position) VALUES (%s, %s, %s, %s, 'provisional', 'first seen', %s)"
+            " ON CONFLICT (kind, token) DO NOTHING",
+            [
+                (kind, token, value, provisional_customer_id(kind, token), p)
+                for p, kind, token, value in sights
+            ],
         )
 
 
@@ -226,8 +231,8 @@ def _timeline(
                 + _UPTO
                 + """
                    AND (t.named_customer AND t.owner_id IN (SELECT id FROM family)
-                        OR NOT t.named_customer AND (t.contact_kind, t.contact_value) IN (
-                            SELECT kind, value FROM identities
+                        OR NOT t.named_customer AND (t.contact_kind, t.contact_token) IN (
+                            SELECT kind, token FROM identities
                              WHERE customer_id IN (SELECT id FROM family)))
                 """
             ).format(source),
@@ -237,7 +242,7 @@ def _timeline(
         """
         UPDATE timeline AS t SET owner_id = i.customer_id
           FROM identities AS i
-         WHERE NOT t.named_customer AND i.kind = t.contact_kind AND i.value = t.contact_value
+         WHERE NOT t.named_customer AND i.kind = t.contact_kind AND i.token = t.contact_token
         """
     )
     conn.execute("UPDATE timeline SET customer_id = resolve_customer(owner_id)")

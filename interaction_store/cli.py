@@ -1179,11 +1179,13 @@ def erase_command(obj: Context, customer: str, reason: str, yes: bool) -> None:
             raise click.ClickException(f"no customer {customer}")
         if not yes:
             click.confirm(f"Erase {found} for good?", abort=True, err=True)
+        runner = ProjectionRunner(store, all_projections())
+        runner.catch_up()  # whom to erase is read from the views
         try:
             done = erase(store, found, reason=reason, actor=f"command line ({getpass.getuser()})")
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
-        ProjectionRunner(store, all_projections()).catch_up()
+        runner.catch_up()
     merged = f" and {', '.join(done.merged_customer_ids)}" if done.merged_customer_ids else ""
     click.echo(
         f"erased {done.customer_id}{merged}: {done.keys_shredded:,} data keys of"

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import psycopg
 
+from interaction_store.privacy import Keyring
 from interaction_store.projections.timeline import provisional_customer_id
 from interaction_store.views import lookup_read
 
@@ -64,12 +65,15 @@ def stored_thread(conn: psycopg.Connection[Any], event_ids: Iterable[UUID]) -> s
     return None if row is None else row[0]
 
 
-def owner_of(conn: psycopg.Connection[Any], contact: str, *, phone_region: str = "US") -> str:
+def owner_of(
+    conn: psycopg.Connection[Any], contact: str, keyring: Keyring, *, phone_region: str = "US"
+) -> str:
     """The customer a contact belongs to now (merges followed), or the provisional customer
     it gets when no one claims it. ``contact`` is ``kind:value``; ``ValueError`` if it is
-    malformed."""
+    malformed. ``keyring`` (the store's) gives the contact's token."""
     read = lookup_read(contact, phone_region=phone_region)
     owner = read.run(conn)
     if owner is not None:
         return owner
-    return provisional_customer_id(read.params["kind"], read.params["value"])
+    kind, value = read.params["kind"], read.params["value"]
+    return provisional_customer_id(kind, keyring.token(f"{kind}:{value}").hex())

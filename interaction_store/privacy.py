@@ -55,10 +55,13 @@ __all__ = [
     "CONTENT_FIELDS",
     "PERIOD_OWNER",
     "PLACEHOLDER",
+    "PLACEHOLDER_PREFIX",
+    "SHREDDING_LOCK",
     "Keyring",
     "KeysShredded",
     "Sealer",
     "contact_placeholder",
+    "contact_tokens",
     "is_sealed",
     "key_ids_of",
     "parse_privacy_key",
@@ -93,6 +96,8 @@ _CUSTOMER_TYPES: Final = frozenset(
     }
 )
 _TOKEN_BYTES: Final = 16
+#: The advisory lock appends that seal take shared and shredding takes exclusively.
+SHREDDING_LOCK: Final = 4936157270312945623
 #: The owner of the channel-and-month keys, which belong to no one identity.
 PERIOD_OWNER: Final = bytes(_TOKEN_BYTES)
 _IDENTITY_NONCE: Final = bytes(12)
@@ -234,9 +239,22 @@ def key_ids_of(data: Mapping[str, Any]) -> list[int]:
     return ids
 
 
+def contact_tokens(data: Mapping[str, Any], keyring: Keyring | None = None) -> tuple[str, ...]:
+    """The tokens of a payload's ``contact``, or else of each of its ``contacts``: from the
+    payload when sealed, else made with ``keyring`` from the addresses."""
+    contacts = [data["contact"]] if "contact" in data else data.get("contacts") or []
+    if keyring is None:
+        return tuple(c["token"] for c in contacts)
+    return tuple(keyring.token_and_hex(f"{c['kind']}:{c['value']}")[1] for c in contacts)
+
+
+#: How the address of a contact whose key is gone reads: this, then its token.
+PLACEHOLDER_PREFIX: Final = "erased-"
+
+
 def contact_placeholder(kind: str, token: str) -> dict[str, str]:
     """A contact whose address was shredded: still one contact, told apart by its token."""
-    return {"kind": kind, "value": f"erased-{token}"}
+    return {"kind": kind, "value": f"{PLACEHOLDER_PREFIX}{token}"}
 
 
 def _content_cipher(identity: bytes, period: bytes) -> AESGCMSIV:
@@ -444,17 +462,20 @@ class Sealer:
 
     def open_all(
         self, conn: psycopg.Connection[Any], payloads: Sequence[tuple[UUID, dict[str, Any]]]
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
         """Stored payloads (with their events' ids) with their boxes opened, placeholders
-        where a key is gone."""
+        where a key is gone, each with its contacts' tokens (see ``contact_tokens``)."""
         ids = {key_id for _, data in payloads for key_id in key_ids_of(data)}
-        if not ids:
-            return [data for _, data in payloads]
-        raws = self._raw_keys(conn, ids)
-        return [
-            self._open(event_id, data, raws) if is_sealed(data) else data
-            for event_id, data in payloads
-        ]
+        raws = self._raw_keys(conn, ids) if ids else {}
+        opened = []
+        for event_id, data in payloads:
+            if is_sealed(data):
+                opened.append((self._open(event_id, data, raws), contact_tokens(data)))
+            elif "contact" in data or "contacts" in data:  # stored as given
+                opened.append((data, contact_tokens(data, self.keyring(conn))))
+            else:
+                opened.append((data, ()))
+        return opened
 
     def _raw_keys(self, conn: psycopg.Connection[Any], ids: set[int]) -> dict[int, bytes]:
         rows = conn.execute(

@@ -7,8 +7,8 @@ destroys the keys of each channel's months that are older than its period (every
 interaction's content key is derived from its owner's key and its month's), and
 writes the views' subjects and snippets again from what can still be read.
 
-Both take a lock on ``data_keys`` that appends sealing personal data also take, so no
-event is written under a key that is already destroyed (see ``data_keys_live``).
+Both take, exclusively, an advisory lock that appends sealing personal data take shared,
+so no event is written under a key that is already destroyed (see ``data_keys_live``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from interaction_store import views
-from interaction_store.privacy import PERIOD_OWNER
+from interaction_store.exceptions import DatabaseError
+from interaction_store.privacy import PERIOD_OWNER, SHREDDING_LOCK
 from interaction_store.projections.timeline import refresh_content
 from interaction_store.store import EVENT_COLUMNS, Store
 
-__all__ = ["Erasure", "RetentionReport", "apply_retention", "erase"]
+__all__ = ["Erasure", "RetentionReport", "ViewsBehind", "apply_retention", "erase", "views_behind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +39,71 @@ class Erasure:
     position: int  # of the customer.erased event
 
 
-def erase(store: Store, customer_id: str, *, reason: str = "", actor: str | None = None) -> Erasure:
+class ViewsBehind(DatabaseError):
+    """The views are behind the log; an erasure needs them up to date to know whom it
+    erases. Run the projections (or wait for them) and try again."""
+
+
+#: The projections whose views say who a customer is: its merges, contacts and profile.
+_IDENTITY_VIEWS = ("timeline", "customers")
+
+
+def views_behind(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an event is readable that the identity views have not applied yet."""
+    row = conn.execute(
+        """
+        SELECT EXISTS (
+            SELECT FROM unnest(%(names)s::text[]) AS p(name)
+              LEFT JOIN projection_checkpoints AS c ON c.projection = p.name
+             WHERE EXISTS (
+                   SELECT FROM events AS e
+                    WHERE (e.transaction_id, e.position)
+                          > (coalesce(c.transaction_id, '0'), coalesce(c.position, 0))
+                      AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())))
+        """,
+        {"names": list(_IDENTITY_VIEWS)},
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def erase(
+    store: Store,
+    customer_id: str,
+    *,
+    reason: str = "",
+    actor: str | None = None,
+    wait: float = 10.0,
+) -> Erasure:
     """Erase a customer (an alias stands for the customer it was merged into).
 
-    ``LookupError`` for an unknown customer, with nothing written. Returns once the keys
-    are destroyed and ``customer.erased`` is in the log; the views are purged when the
-    projections reach it.
+    ``LookupError`` for an unknown customer, with nothing written. Whom to erase (the
+    customers merged in, the contacts) is read from the views, so they must have applied
+    the whole log: this waits up to ``wait`` seconds for the projections, then raises
+    ``ViewsBehind``. Returns once the keys are destroyed and ``customer.erased`` is in the
+    log; the views are purged when the projections reach it.
     """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _erase(store, customer_id, reason, actor)
+        except _Behind:
+            if time.monotonic() >= deadline:
+                raise ViewsBehind() from None
+            time.sleep(0.05)
+
+
+class _Behind(Exception):
+    pass
+
+
+def _erase(store: Store, customer_id: str, reason: str, actor: str | None) -> Erasure:
     with store.transaction() as tx:
         conn = tx.connection
+        # Under the lock, no append that seals can commit; then the views must hold all
+        # that has (an erasure that saw them behind would miss a link or a merge).
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SHREDDING_LOCK,))
+        if views_behind(conn):
+            raise _Behind()
         found = views.find_customer_read(customer_id).run(conn)
         if found is None:
             raise LookupError(f"no customer {customer_id}")
@@ -54,14 +113,27 @@ def erase(store: Store, customer_id: str, *, reason: str = "", actor: str | None
         ]
         merged = sorted(c for c in family if c != found)
         contacts = conn.execute(
-            "SELECT kind, value FROM identities WHERE customer_id = ANY(%s)", (family,)
+            """
+            SELECT kind, token FROM identities WHERE customer_id = ANY(%(family)s)
+            UNION
+            -- Contacts the customers' own events named that nobody claims now and that
+            -- never wrote: they are known only from those events, which are erased.
+            SELECT i.kind, i.token
+              FROM events AS e
+                   CROSS JOIN LATERAL jsonb_array_elements(
+                       CASE WHEN e.payload ? 'contact' THEN jsonb_build_array(e.payload->'contact')
+                            ELSE coalesce(e.payload->'contacts', '[]') END) AS c
+                   JOIN identities AS i ON i.kind = c->>'kind' AND i.token = c->>'token'
+             WHERE e.stream_id = ANY(%(streams)s) AND i.confidence = 'provisional'
+               AND NOT EXISTS (SELECT FROM timeline AS t
+                                WHERE NOT t.named_customer AND t.contact_kind = i.kind
+                                  AND t.contact_token = i.token)
+            """,
+            {"family": family, "streams": [f"customer-{c}" for c in family]},
         ).fetchall()
         keyring = store.sealer.keyring(conn)
         owners = [keyring.token(f"customer:{c}") for c in family]
-        owners += [keyring.token(f"{kind}:{value}") for kind, value in contacts]
-        # Appends that seal hold ROW EXCLUSIVE on data_keys until they commit: wait for
-        # them, and keep new ones out until the keys are gone.
-        conn.execute("LOCK TABLE data_keys IN SHARE ROW EXCLUSIVE MODE")
+        owners += [bytes.fromhex(token) for _, token in contacts]
         shredded = [
             row[0]
             for row in conn.execute(
@@ -87,8 +159,7 @@ def erase(store: Store, customer_id: str, *, reason: str = "", actor: str | None
                         "reason": reason,
                         "merged_customer_ids": merged,
                         "erased_contacts": [
-                            {"kind": kind, "token": keyring.token(f"{kind}:{value}").hex()}
-                            for kind, value in contacts
+                            {"kind": kind, "token": token} for kind, token in contacts
                         ],
                     },
                     "metadata": metadata,
@@ -144,7 +215,7 @@ def apply_retention(
     shredded: dict[str, list[int]] = {}
     with store.pool.connection() as conn, conn.transaction():
         if not dry_run:
-            conn.execute("LOCK TABLE data_keys IN SHARE ROW EXCLUSIVE MODE")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SHREDDING_LOCK,))
         for channel, period in sorted(periods.items()):
             cutoff = now - period
             item = ChannelRetention(channel, period, cutoff)

@@ -144,6 +144,9 @@ class RecordedEvent:
     metadata: dict[str, Any]
     hash: bytes
     prev_hash: bytes
+    #: The keyed token of ``data["contact"]``, or of each of ``data["contacts"]``: what
+    #: the views tell contacts apart by, readable or not (see ``privacy``).
+    contact_tokens: tuple[str, ...] = ()
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -700,16 +703,21 @@ def recorded_events(
     """Rows of ``EVENT_COLUMNS`` as ``RecordedEvent``s: sealed personal fields opened
     (placeholders where their keys were shredded), data upcast."""
     opened = sealer.open_all(conn, [(row[2], row[9]) for row in rows])
-    return [recorded_event(row, catalogue, data) for row, data in zip(rows, opened, strict=True)]
+    return [
+        recorded_event(row, catalogue, data, tokens)
+        for row, (data, tokens) in zip(rows, opened, strict=True)
+    ]
 
 
 def recorded_event(
     row: Sequence[Any],
     catalogue: Mapping[str, type[EventBase]] = CATALOGUE,
     data: dict[str, Any] | None = None,
+    contact_tokens: tuple[str, ...] = (),
 ) -> RecordedEvent:
     """A row of ``EVENT_COLUMNS`` as a ``RecordedEvent``, its data upcast; ``data`` is
-    the payload opened, if it was sealed (see ``recorded_events``)."""
+    the payload opened, and ``contact_tokens`` its contacts' tokens (see
+    ``recorded_events``)."""
     schema_version, data = upcast(row[5], row[6], row[9] if data is None else data, catalogue)
     return RecordedEvent(
         position=row[0],
@@ -725,6 +733,7 @@ def recorded_event(
         metadata=row[10],
         hash=row[12],
         prev_hash=row[13],
+        contact_tokens=contact_tokens,
     )
 
 
@@ -761,7 +770,11 @@ class Transaction:
         if not prepared:
             _check_expectations(self._conn, expected.versions)
             return AppendResult(())
-        result = _append(self._conn, prepared, expected.versions, in_transaction=True)
+        try:
+            result = _append(self._conn, prepared, expected.versions, in_transaction=True)
+        except KeysShredded as exc:  # the caller's transaction must run again
+            self._store.sealer.forget(exc.key_ids)
+            raise
         self.position = max(self.position, result.position)
         return result
 
@@ -853,12 +866,17 @@ def _check_expectations(conn: psycopg.Connection[Any], expected: dict[str, int |
 def _already_stored(
     conn: psycopg.Connection[Any], pending: list[_Prepared]
 ) -> dict[UUID, AppendedEvent]:
-    """The pending events stored already with the same content; a conflict if any differs."""
+    """The pending events stored already with the same content; a conflict if any differs.
+
+    An event whose personal fields were shredded (erased, or past retention) cannot be
+    compared any more, and its id is its source's natural key: it counts as present, so
+    that a redelivery neither conflicts nor brings the content back.
+    """
     digests = {p.event.id: p.content_digest for p in pending}
     rows = conn.execute(query("stored_events"), {"event_ids": list(digests)}).fetchall()
     found = {}
-    for event_id, position, stream_id, stream_version, digest in rows:
-        if digest != digests[event_id]:
+    for event_id, position, stream_id, stream_version, digest, shredded in rows:
+        if digest != digests[event_id] and not shredded:
             raise IdempotencyConflict(event_id)
         found[event_id] = AppendedEvent(event_id, position, stream_id, stream_version, True)
     return found

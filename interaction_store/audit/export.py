@@ -111,7 +111,7 @@ def _body(
         )
         while rows := cursor.fetchmany(2000):
             opened = sealer.open_all(conn, [(row[1], row[8]) for row in rows])
-            for row, data in zip(rows, opened, strict=True):
+            for row, (data, _) in zip(rows, opened, strict=True):
                 version, data = upcast(row[4], row[5], data)
                 yield {
                     "record": "event",

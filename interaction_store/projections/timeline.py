@@ -25,7 +25,7 @@ import orjson
 import psycopg
 
 from interaction_store.events import EVENT_NAMESPACE, derive_conversation_id
-from interaction_store.privacy import contact_placeholder
+from interaction_store.privacy import PLACEHOLDER_PREFIX
 from interaction_store.store import RecordedEvent
 from interaction_store.views import resolve_customer
 
@@ -46,9 +46,11 @@ _TAG = re.compile(r"<[^>]*>")
 _UNCLOSED_TAG = re.compile(r"<[^>]*$")
 
 
-def provisional_customer_id(kind: str, value: str) -> str:
-    """The stable id of the provisional customer of a contact no customer claims."""
-    return f"pc-{uuid5(EVENT_NAMESPACE, f'contact:{kind}:{value}').hex[:20]}"
+def provisional_customer_id(kind: str, token: str) -> str:
+    """The stable id of the provisional customer of a contact no customer claims, from
+    its kind and token (so it says nothing of the address, and stays the same once the
+    address can no longer be read)."""
+    return f"pc-{uuid5(EVENT_NAMESPACE, f'contact:{kind}:{token}').hex[:20]}"
 
 
 def is_provisional(customer_id: str) -> bool:
@@ -125,6 +127,11 @@ def family_of(event_type: str) -> str:
 
 #: The first part of every interaction event type.
 INTERACTION_FAMILIES = frozenset({"email", "call", "chat", "sms", "tweet", "callback"})
+#: An identity's address, kept for display, is replaced when it read as a placeholder and
+#: a later event of the contact reads it: all events of one token share one address.
+_READABLE_AGAIN = (
+    f"i.value LIKE '{PLACEHOLDER_PREFIX}%%' AND excluded.value NOT LIKE '{PLACEHOLDER_PREFIX}%%'"
+)
 #: The events that link contacts to a customer; runs of them are applied together.
 _LINKS = frozenset({"customer.registered", "customer.identity_linked"})
 
@@ -134,14 +141,15 @@ def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]
     if not events:
         return
     rows = []
-    unclaimed: dict[tuple[str, str], int] = {}
+    unclaimed: dict[tuple[str, str], tuple[str, int]] = {}
     for event in events:
         data = event.data
         contact = data["contact"]
         kind, value = contact["kind"], contact["value"]
+        [token] = event.contact_tokens
         named = data.get("customer_id")
         if named is None:
-            unclaimed.setdefault((kind, value), event.position)
+            unclaimed.setdefault((kind, token), (value, event.position))
         rows.append(
             {
                 "position": event.position,
@@ -154,6 +162,7 @@ def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]
                 "conversation_id": conversation_of(data),
                 "agent_id": data.get("agent_id"),
                 "contact_kind": kind,
+                "contact_token": token,
                 "contact_value": value,
                 "subject": data.get("subject"),
                 "snippet": snippet(_content(data)),
@@ -163,42 +172,48 @@ def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]
         provisional = [
             {
                 "kind": kind,
+                "token": token,
                 "value": value,
-                "customer_id": provisional_customer_id(kind, value),
+                "customer_id": provisional_customer_id(kind, token),
                 "position": position,
             }
-            for (kind, value), position in unclaimed.items()
+            for (kind, token), (value, position) in unclaimed.items()
         ]
         conn.execute(
             """
-            INSERT INTO identities (kind, value, customer_id, confidence, reason, position)
-            SELECT r.kind, r.value, r.customer_id, 'provisional', 'first seen', r.position
+            INSERT INTO identities AS i (kind, token, value, customer_id, confidence, reason,
+                                         position)
+            SELECT r.kind, r.token, r.value, r.customer_id, 'provisional', 'first seen',
+                   r.position
               FROM jsonb_to_recordset(%s::jsonb)
-                   AS r(kind text, value text, customer_id text, position bigint)
-            ON CONFLICT (kind, value) DO NOTHING
-            """,
+                   AS r(kind text, token text, value text, customer_id text, position bigint)
+            ON CONFLICT (kind, token) DO UPDATE SET value = excluded.value
+             WHERE """
+            + _READABLE_AGAIN,
             (orjson.dumps(provisional).decode(),),
         )
     conn.execute(
         """
         INSERT INTO timeline (position, event_id, owner_id, named_customer, customer_id,
                               occurred_at, channel, direction, type, conversation_id,
-                              agent_id, contact_kind, contact_value, subject, snippet)
+                              agent_id, contact_kind, contact_token, contact_value, subject,
+                              snippet)
         SELECT r.position, r.event_id, o.owner_id, r.named IS NOT NULL,
                CASE WHEN EXISTS (SELECT FROM customer_merges AS m
                                   WHERE m.source_customer_id = o.owner_id)
                     THEN resolve_customer(o.owner_id) ELSE o.owner_id END,
                r.occurred_at, r.channel, r.direction, r.type, r.conversation_id,
-               r.agent_id, r.contact_kind, r.contact_value, r.subject, r.snippet
+               r.agent_id, r.contact_kind, r.contact_token, r.contact_value, r.subject,
+               r.snippet
           FROM jsonb_to_recordset(%s::jsonb) AS r(
                    position bigint, event_id uuid, named text, occurred_at timestamptz,
                    channel text, direction text, type text, conversation_id text,
-                   agent_id text, contact_kind text, contact_value text, subject text,
-                   snippet text)
+                   agent_id text, contact_kind text, contact_token text, contact_value text,
+                   subject text, snippet text)
                CROSS JOIN LATERAL (
                    SELECT coalesce(r.named, (SELECT i.customer_id FROM identities AS i
                                               WHERE i.kind = r.contact_kind
-                                                AND i.value = r.contact_value)) AS owner_id
+                                                AND i.token = r.contact_token)) AS owner_id
                ) AS o
         """,
         (orjson.dumps(rows).decode(),),
@@ -217,24 +232,25 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
     data = event.data
     customer = data["customer_id"]
     if event.type == "customer.identity_unlinked":
-        kind, value = data["contact"]["kind"], data["contact"]["value"]
+        kind = data["contact"]["kind"]
+        [token] = event.contact_tokens
         conn.execute(
             """
             UPDATE identities
                SET customer_id = %s, confidence = 'provisional', reason = %s, source = NULL,
                    position = %s
-             WHERE kind = %s AND value = %s AND customer_id = %s
+             WHERE kind = %s AND token = %s AND customer_id = %s
             """,
             (
-                provisional_customer_id(kind, value),
+                provisional_customer_id(kind, token),
                 data.get("reason") or "unlinked",
                 event.position,
                 kind,
-                value,
+                token,
                 customer,
             ),
         )
-        _reattribute_contact(conn, kind, value)
+        _reattribute_contact(conn, kind, token)
     elif event.type == "customer.merged":
         source = data["source_customer_id"]
         row = conn.execute(
@@ -272,10 +288,8 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
         )
         _reresolve(conn, before)
     elif event.type == "customer.erased":
-        erased = [
-            contact_placeholder(c["kind"], c["token"]) for c in data.get("erased_contacts", [])
-        ]
-        _purge(conn, [customer, *data.get("merged_customer_ids", [])], erased)
+        family = [customer, *data.get("merged_customer_ids", [])]
+        _purge(conn, family, data.get("erased_contacts", []))
     elif event.type == "customer.unmerged":
         before = resolve_customer(conn, customer)
         conn.execute(
@@ -308,12 +322,13 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
                 "reason": data.get("reason", ""),
                 "source": data.get("source"),
             }
-        for contact in contacts:
-            key = (contact["kind"], contact["value"])
+        for contact, token in zip(contacts, event.contact_tokens, strict=True):
+            key = (contact["kind"], token)
             last.pop(key, None)  # keep the order of the last links
             last[key] = {
                 "kind": key[0],
-                "value": key[1],
+                "token": token,
+                "value": contact["value"],
                 "customer_id": data["customer_id"],
                 "position": event.position,
                 **how,
@@ -324,26 +339,30 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
         """
         WITH given AS (
             SELECT * FROM jsonb_to_recordset(%s::jsonb) AS g(
-                kind text, value text, customer_id text, confidence text, reason text,
-                source text, position bigint)
+                kind text, token text, value text, customer_id text, confidence text,
+                reason text, source text, position bigint)
         ), linked AS (
-            INSERT INTO identities (kind, value, customer_id, confidence, reason, source,
-                                    position)
-            SELECT kind, value, customer_id, confidence, reason, source, position FROM given
-            ON CONFLICT (kind, value) DO UPDATE
+            INSERT INTO identities AS i (kind, token, value, customer_id, confidence, reason,
+                                         source, position)
+            SELECT kind, token, value, customer_id, confidence, reason, source, position
+              FROM given
+            ON CONFLICT (kind, token) DO UPDATE
                SET customer_id = excluded.customer_id, confidence = excluded.confidence,
                    reason = excluded.reason, source = excluded.source,
-                   position = excluded.position
+                   position = excluded.position,
+                   value = CASE WHEN """
+        + _READABLE_AGAIN
+        + """ THEN excluded.value ELSE i.value END
         )
-        SELECT i.kind, i.value, i.customer_id, g.customer_id
-          FROM identities AS i JOIN given AS g USING (kind, value)
+        SELECT i.kind, i.token, i.customer_id, g.customer_id
+          FROM identities AS i JOIN given AS g USING (kind, token)
          WHERE i.customer_id <> g.customer_id
         """,
         (orjson.dumps(list(last.values())).decode(),),
     ).fetchall()
-    for kind, value, before, after in moved:  # identities as they were (the snapshot)
-        _reattribute_contact(conn, kind, value)
-        if before == provisional_customer_id(kind, value):
+    for kind, token, before, after in moved:  # identities as they were (the snapshot)
+        _reattribute_contact(conn, kind, token)
+        if before == provisional_customer_id(kind, token):
             _follow(conn, before, after)
 
 
@@ -353,9 +372,8 @@ def _purge(
     """Forget an erased customer: the rows of them, of the customers merged into them, and
     of their contacts. A later interaction from one of those contacts starts afresh.
 
-    ``contacts`` are the erased contacts as their shredded events read (``erased-<token>``):
-    a rebuild meets those events after their keys are gone, gives the contacts
-    provisional customers of those names, and must forget those rows too."""
+    ``contacts`` are the erased contacts, by kind and token: their rows go wherever they
+    are, since nothing of them can be read any more."""
     family = [
         row[0]
         for row in conn.execute(
@@ -376,20 +394,20 @@ def _purge(
     if contacts:
         pairs = {
             "kinds": [c["kind"] for c in contacts],
-            "values": [c["value"] for c in contacts],
+            "tokens": [c["token"] for c in contacts],
         }
         conn.execute(
             """
             DELETE FROM timeline
-             WHERE NOT named_customer AND (contact_kind, contact_value) IN (
-                   SELECT * FROM unnest(%(kinds)s::text[], %(values)s::text[]))
+             WHERE NOT named_customer AND (contact_kind, contact_token) IN (
+                   SELECT * FROM unnest(%(kinds)s::text[], %(tokens)s::text[]))
             """,
             pairs,
         )
         conn.execute(
             """
-            DELETE FROM identities WHERE (kind, value) IN (
-                   SELECT * FROM unnest(%(kinds)s::text[], %(values)s::text[]))
+            DELETE FROM identities WHERE (kind, token) IN (
+                   SELECT * FROM unnest(%(kinds)s::text[], %(tokens)s::text[]))
             """,
             pairs,
         )
@@ -434,28 +452,28 @@ def _follow(conn: psycopg.Connection[Any], provisional: str, owner: str) -> None
         """
         UPDATE identities SET customer_id = %s
          WHERE customer_id = %s AND confidence <> 'provisional'
-        RETURNING kind, value
+        RETURNING kind, token
         """,
         (owner, provisional),
     ).fetchall()
-    for kind, value in followers:
-        _reattribute_contact(conn, kind, value)
+    for kind, token in followers:
+        _reattribute_contact(conn, kind, token)
 
 
-def _reattribute_contact(conn: psycopg.Connection[Any], kind: str, value: str) -> None:
+def _reattribute_contact(conn: psycopg.Connection[Any], kind: str, token: str) -> None:
     """Give every interaction of the contact (that names no customer) its current owner."""
     conn.execute(
         """
         UPDATE timeline AS t
            SET owner_id = i.customer_id, customer_id = resolve_customer(i.customer_id)
           FROM identities AS i
-         WHERE i.kind = %(kind)s AND i.value = %(value)s
-           AND t.contact_kind = %(kind)s AND t.contact_value = %(value)s
+         WHERE i.kind = %(kind)s AND i.token = %(token)s
+           AND t.contact_kind = %(kind)s AND t.contact_token = %(token)s
            AND NOT t.named_customer
            AND (t.owner_id, t.customer_id)
                IS DISTINCT FROM (i.customer_id, resolve_customer(i.customer_id))
         """,
-        {"kind": kind, "value": value},
+        {"kind": kind, "token": token},
     )
 
 

@@ -81,9 +81,16 @@ RETURNING event_id, position, stream_version
 
 -- name: stored_events --
 -- The events of a batch that are already stored: the idempotency check after a collision.
-SELECT event_id, position, stream_id, stream_version, content_digest
-  FROM events
- WHERE event_id = ANY (%(event_ids)b::uuid[])
+-- shredded: whether a key its personal fields were sealed under is gone (erasure or
+-- retention), so that its content can no longer be compared.
+SELECT e.event_id, e.position, e.stream_id, e.stream_version, e.content_digest,
+       EXISTS (SELECT FROM data_keys AS k
+                WHERE k.key IS NULL
+                  AND k.key_id IN ((e.payload->'sealed'->'identity'->>'key')::bigint,
+                                   (e.payload->'sealed'->'content'->>'period_key')::bigint))
+           AS shredded
+  FROM events AS e
+ WHERE e.event_id = ANY (%(event_ids)b::uuid[])
 
 -- name: read_stream --
 SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,

@@ -48,9 +48,11 @@ CREATE UNIQUE INDEX data_keys_live ON data_keys (owner, scope) WHERE shredded_at
 CREATE INDEX data_keys_owner ON data_keys (owner);
 CREATE INDEX data_keys_expiring ON data_keys (channel, period) WHERE shredded_at IS NULL;
 
--- Called by each append that encrypts: takes a lock that shredding waits for, then
--- refuses (ISC02) if one of the keys was shredded since the appender fetched it, so an
--- event is never written under a key that is already gone.
+-- Called by each append that encrypts: takes, shared, the advisory lock that shredding
+-- takes exclusively (so each waits for the other), then refuses (ISC02) if one of the
+-- keys was shredded since the appender fetched it, so an event is never written under a
+-- key that is already gone. An advisory lock, not one on data_keys: an appender still
+-- makes new keys while an erasure waits for it.
 CREATE FUNCTION data_keys_live(ids bigint[]) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
@@ -59,7 +61,7 @@ BEGIN
     IF cardinality(ids) = 0 THEN
         RETURN true;
     END IF;
-    LOCK TABLE data_keys IN ROW EXCLUSIVE MODE;
+    PERFORM pg_advisory_xact_lock_shared(4936157270312945623);
     SELECT array_agg(key_id) INTO gone
       FROM data_keys WHERE key_id = ANY (ids) AND key IS NULL;
     IF gone IS NOT NULL THEN
@@ -69,11 +71,38 @@ BEGIN
     RETURN true;
 END
 $fn$;
+
+-- The identity graph is keyed by each contact's token, which its events carry whether
+-- or not its address can still be read: attribution never depends on a key. The address
+-- stays beside it for display and lookups. The views are emptied for the projections to
+-- rebuild them from the log with tokens.
+TRUNCATE identities, customer_merges, timeline, customer_profiles, conversations,
+         conversation_waits;
+DELETE FROM projection_checkpoints;
+ALTER TABLE identities DROP CONSTRAINT identities_pkey;
+ALTER TABLE identities ADD COLUMN token text NOT NULL;
+ALTER TABLE identities ADD PRIMARY KEY (kind, token);
+ALTER TABLE identities ADD CONSTRAINT identities_address UNIQUE (kind, value);
+ALTER TABLE timeline ADD COLUMN contact_token text NOT NULL;
+DROP INDEX timeline_contact;
+CREATE INDEX timeline_contact ON timeline (contact_kind, contact_token)
+    WHERE NOT named_customer;
 """)
 
 
 def downgrade() -> None:
     op.execute("""
+TRUNCATE identities, customer_merges, timeline, customer_profiles, conversations,
+         conversation_waits;
+DELETE FROM projection_checkpoints;
+DROP INDEX timeline_contact;
+ALTER TABLE timeline DROP COLUMN contact_token;
+CREATE INDEX timeline_contact ON timeline (contact_kind, contact_value)
+    WHERE NOT named_customer;
+ALTER TABLE identities DROP CONSTRAINT identities_address;
+ALTER TABLE identities DROP CONSTRAINT identities_pkey;
+ALTER TABLE identities DROP COLUMN token;
+ALTER TABLE identities ADD PRIMARY KEY (kind, value);
 DROP FUNCTION data_keys_live(bigint[]);
 DROP TABLE data_keys;
 DROP TABLE privacy_secret;

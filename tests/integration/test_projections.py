@@ -80,8 +80,9 @@ def test_one_customer_across_channels_newest_first(store: Store, runner: Project
 def test_linking_a_contact_moves_its_whole_past(store: Store, runner: ProjectionRunner) -> None:
     store.append_batch([sms(i, conversation_id="c-1") for i in range(3)])
     runner.catch_up()
-    provisional = provisional_customer_id("phone", "+14155550100")
     with store.pool.connection() as conn:
+        token = store.sealer.keyring(conn).token("phone:+14155550100").hex()
+        provisional = provisional_customer_id("phone", token)
         assert lookup_customer(conn, "phone:+14155550100") == provisional
         assert len(timeline(conn, provisional)) == 3
 

@@ -100,11 +100,16 @@ def _at(day: str) -> str:
     return datetime.fromisoformat(f"{day}T10:00:00+00:00").isoformat()
 
 
+JANUARY = {
+    **email(0, subject="january subject", body="january body", external_id="m-jan"),
+    "occurred_at": _at("2026-01-15"),
+}
+
+
 def retention_history(store: Store) -> None:
     store.append_batch(
         [
-            {**email(0, subject="january subject", body="january body", external_id="m-jan"),
-             "occurred_at": _at("2026-01-15")},
+            JANUARY,
             {**email(0, subject="august subject", body="august body", external_id="m-aug"),
              "occurred_at": _at("2026-08-31")},
             {**email(0, subject="recent subject", body="recent body", external_id="m-nov"),
@@ -155,6 +160,8 @@ def test_retention_shreds_only_the_months_older_than_their_channels_period(
         assert verify(conn, None).ok
     again = apply_retention(store, periods, now=NOW)
     assert (again.keys, again.events) == (0, 0)  # nothing left to shred
+    reimported = store.append_batch([JANUARY])  # the same mail, imported again
+    assert reimported.already_present == 1
 
 
 def test_retention_apply_from_the_command_line(store: Store, database_url: str) -> None:

@@ -33,7 +33,7 @@ from interaction_store.api.routes.appends import read_body
 from interaction_store.audit import checkpoints
 from interaction_store.audit.access import Access, accesses
 from interaction_store.audit.export import export_customer
-from interaction_store.shredding import Erasure, erase
+from interaction_store.shredding import Erasure, ViewsBehind, erase
 
 __all__ = ["router"]
 
@@ -157,7 +157,7 @@ async def export(svc: Svc, key: Auditor, customer_id: PathId) -> StreamingRespon
     "/v1/customers/{customer_id}/erase",
     tags=["customers"],
     response_model=ErasureAnswer,
-    responses=problems(401, 403, 404, 413, 422),
+    responses=problems(401, 403, 404, 413, 422, 503),
     openapi_extra={
         "requestBody": {
             "required": False,
@@ -199,6 +199,8 @@ async def erase_customer(
         done = await run_in_threadpool(run)
     except LookupError:
         raise Problem(404, "Not found", f"no customer {customer_id}") from None
+    except ViewsBehind as exc:
+        raise Problem(503, "Views behind", exc.message, headers={"Retry-After": "5"}) from None
     return JSON(
         {
             "customer_id": done.customer_id,

@@ -101,16 +101,17 @@ def _link(svc: Service, visitor: str, known: list[str]) -> dict[str, Any] | None
     region = svc.settings.default_phone_region
     owners: list[str] = []
     with svc.connection() as conn:
+        keyring = svc.store.sealer.keyring(conn)
         for contact in known:
             try:
-                owners.append(feeds.owner_of(conn, contact, phone_region=region))
+                owners.append(feeds.owner_of(conn, contact, keyring, phone_region=region))
             except ValueError:
                 continue  # Chatwoot holds what the visitor typed: not always an address
         if not owners:
             return None
         claimed = [owner for owner in owners if not is_provisional(owner)]
         owner = (claimed or owners)[0]
-        current = feeds.owner_of(conn, visitor)
+        current = feeds.owner_of(conn, visitor, keyring)
         if current == owner:
             return None  # linked already
         # One id per move (from whom to whom): a redelivery, or another message before the
