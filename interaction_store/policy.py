@@ -15,6 +15,7 @@ from typing import Final
 __all__ = [
     "DEFAULT_FIRST_RESPONSE",
     "ServiceLevels",
+    "channel_durations",
     "parse_duration",
     "parse_retention",
     "priority",
@@ -43,10 +44,9 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
 
 
-def parse_retention(text: str) -> dict[str, timedelta]:
-    """From ``email=730d,voice=90d`` (``INTERACTION_STORE_RETENTION``): how long each named
-    channel's content is kept."""
-    periods = {}
+def channel_durations(text: str) -> dict[str, timedelta]:
+    """``email=4h,chat=2m`` as a duration per channel; ``ValueError`` naming the bad part."""
+    durations = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         channel, sep, duration = part.partition("=")
         channel = channel.strip()
@@ -55,10 +55,17 @@ def parse_retention(text: str) -> dict[str, timedelta]:
                 f"{part!r}: expected channel=duration with a channel among"
                 f" {', '.join(DEFAULT_FIRST_RESPONSE)}"
             )
-        period = parse_duration(duration)
+        durations[channel] = parse_duration(duration)
+    return durations
+
+
+def parse_retention(text: str) -> dict[str, timedelta]:
+    """From ``email=730d,voice=90d`` (``INTERACTION_STORE_RETENTION``): how long each named
+    channel's content is kept."""
+    periods = channel_durations(text)
+    for channel, period in periods.items():
         if period <= timedelta(0):
-            raise ValueError(f"{part!r}: a retention period must be longer than zero")
-        periods[channel] = period
+            raise ValueError(f"{channel}: a retention period must be longer than zero")
     return periods
 
 
@@ -71,17 +78,7 @@ class ServiceLevels:
     @classmethod
     def parse(cls, text: str) -> ServiceLevels:
         """From ``email=4h,chat=2m`` (the form of ``INTERACTION_STORE_FIRST_RESPONSE``)."""
-        targets = dict(DEFAULT_FIRST_RESPONSE)
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            channel, sep, duration = part.partition("=")
-            channel = channel.strip()
-            if not sep or channel not in DEFAULT_FIRST_RESPONSE:
-                raise ValueError(
-                    f"{part!r}: expected channel=duration with a channel among"
-                    f" {', '.join(DEFAULT_FIRST_RESPONSE)}"
-                )
-            targets[channel] = parse_duration(duration)
-        return cls(MappingProxyType(targets))
+        return cls(MappingProxyType(dict(DEFAULT_FIRST_RESPONSE) | channel_durations(text)))
 
     def due(self, channel: str) -> timedelta:
         return self.first_response.get(channel, DEFAULT_FIRST_RESPONSE["email"])

@@ -19,7 +19,7 @@ from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.store import Store
 from interaction_store.testing import TestDatabases
 from tests.helpers import T0
-from tests.integration.test_rebuild import histories, snapshot
+from tests.integration.test_rebuild import histories, snapshot, timed
 
 IDENTITY_EVENTS = [
     {"type": "customer.merged", "data": {"customer_id": "cu-a", "source_customer_id": "cu-b"}},
@@ -64,15 +64,7 @@ def test_any_history_of_links_merges_and_unmerges_replays_identically(
         with open_pool(url, min_size=1, max_size=4) as pool:
             store = Store(pool)
             runner = ProjectionRunner(store, all_projections(), batch_size=3, max_attempts=1)
-            minute = 0
-            for chunk in history:
-                events = []
-                for event in chunk:
-                    minute += 1
-                    event = {**event, "occurred_at": T0 + timedelta(minutes=minute)}
-                    if "channel" in event["data"]:
-                        event["data"] = {**event["data"], "external_id": f"x-{minute}"}
-                    events.append(event)
+            for events in timed(history):
                 store.append_batch(events)
                 runner.catch_up()
             report = replay(store, batch_size=4)

@@ -15,7 +15,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,14 @@ from interaction_store.shredding import Erasure, ViewsBehind, erase
 from interaction_store.store import Store
 from interaction_store.testing import TestDatabases
 from tests.helpers import T0, email
-from tests.integration.test_rebuild import CONTACTS, CUSTOMERS, histories, rebuild_all, snapshot
+from tests.integration.test_rebuild import (
+    CONTACTS,
+    CUSTOMERS,
+    histories,
+    rebuild_all,
+    snapshot,
+    timed,
+)
 
 CANARY = "Xq7Zt9Canary"
 ADDRESS = f"{CANARY.lower()}@example.com"
@@ -364,15 +370,7 @@ def test_any_history_with_erasures_replays_identically(
         with open_pool(url, min_size=1, max_size=4) as pool:
             store = Store(pool)
             runner = ProjectionRunner(store, all_projections(), batch_size=3, max_attempts=1)
-            minute = 0
-            for at, chunk in enumerate(history):
-                events = []
-                for event in chunk:
-                    minute += 1
-                    event = {**event, "occurred_at": T0 + timedelta(minutes=minute)}
-                    if "channel" in event["data"]:
-                        event["data"] = {**event["data"], "external_id": f"x-{minute}"}
-                    events.append(event)
+            for at, events in enumerate(timed(history)):
                 store.append_batch(events)
                 runner.catch_up()
                 for _, target in [e for e in erasures if e[0] == at]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
@@ -153,6 +154,21 @@ def conversation_events() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+def timed(history: list[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """Each chunk of a generated history with its events a minute apart, and each
+    interaction with an id of its own."""
+    minute = 0
+    for chunk in history:
+        events = []
+        for event in chunk:
+            minute += 1
+            event = {**event, "occurred_at": T0 + timedelta(minutes=minute)}
+            if "channel" in event["data"]:
+                event["data"] = {**event["data"], "external_id": f"x-{minute}"}
+            events.append(event)
+        yield events
+
+
 histories = st.lists(
     st.lists(
         st.one_of(interactions(), interactions(), customer_events(), conversation_events()),
@@ -186,15 +202,7 @@ def test_views_equal_a_rebuild_from_zero(
                 runner = ProjectionRunner(
                     store, all_projections(), batch_size=batch_size, max_attempts=1
                 )
-                minute = 0
-                for chunk in history:  # appended in transactions, projected as they come
-                    events = []
-                    for event in chunk:
-                        minute += 1
-                        event = {**event, "occurred_at": T0 + timedelta(minutes=minute)}
-                        if "channel" in event["data"]:  # an interaction: give it its own id
-                            event["data"] = {**event["data"], "external_id": f"x-{minute}"}
-                        events.append(event)
+                for events in timed(history):  # appended in transactions, projected as they come
                     store.append_batch(events)
                     runner.catch_up()
                 live = snapshot(store)
