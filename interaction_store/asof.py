@@ -32,7 +32,11 @@ from interaction_store.privacy import Sealer
 from interaction_store.projections.conversations import ConversationsProjection
 from interaction_store.projections.customers import CustomersProjection
 from interaction_store.projections.rebuild import _live_schema
-from interaction_store.projections.timeline import TimelineProjection, provisional_customer_id
+from interaction_store.projections.timeline import (
+    READABLE_AGAIN,
+    TimelineProjection,
+    provisional_customer_id,
+)
 from interaction_store.store import EVENT_COLUMNS, RecordedEvent, recorded_events
 from interaction_store.views import FAMILY
 
@@ -95,7 +99,14 @@ def as_of(
     """Within the block, the views on ``conn`` are as they were at ``position``. With
     ``customer_id``, only that customer's rows are rebuilt (the rest of the timeline and
     the other customers' conversations are left out); without it, every row is.
-    ``sealer`` (the store's) opens the personal fields of the events replayed."""
+    ``sealer`` (the store's) opens the personal fields of the events replayed.
+
+    A customer erased since reads as it does now, at any time: looking back does not undo
+    an erasure.
+    """
+    if customer_id is not None and _erased(conn, customer_id):
+        yield
+        return
     with conn.transaction():
         live = _live_schema(conn, _TABLES)
         for table in _TABLES:
@@ -123,6 +134,15 @@ def as_of(
                     conn.execute(
                         sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(table))
                     )
+
+
+def _erased(conn: psycopg.Connection[Any], customer_id: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM events WHERE type = 'customer.erased' AND stream_id IN"
+        " ('customer-' || %(c)s, 'customer-' || resolve_customer(%(c)s)))",
+        {"c": customer_id},
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _cut(conn: psycopg.Connection[Any], position: int) -> tuple[str, int]:
@@ -196,9 +216,10 @@ def _first_seen(conn: psycopg.Connection[Any], sights: Sequence[tuple[Any, ...]]
         return
     with conn.cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO identities (kind, token, value, customer_id, confidence, reason,"
+            "INSERT INTO identities AS i (kind, token, value, customer_id, confidence, reason,"
             " position) VALUES (%s, %s, %s, %s, 'provisional', 'first seen', %s)"
-            " ON CONFLICT (kind, token) DO NOTHING",
+            " ON CONFLICT (kind, token) DO UPDATE SET value = excluded.value WHERE "
+            + READABLE_AGAIN,
             [
                 (kind, token, value, provisional_customer_id(kind, token), p)
                 for p, kind, token, value in sights

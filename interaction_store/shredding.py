@@ -24,7 +24,7 @@ import psycopg
 from interaction_store import views
 from interaction_store.exceptions import DatabaseError
 from interaction_store.privacy import PERIOD_OWNER, SHREDDING_LOCK
-from interaction_store.projections.timeline import refresh_content
+from interaction_store.projections.timeline import provisional_customer_id, refresh_content
 from interaction_store.store import EVENT_COLUMNS, Store
 
 __all__ = ["Erasure", "RetentionReport", "ViewsBehind", "apply_retention", "erase", "views_behind"]
@@ -49,7 +49,9 @@ _IDENTITY_VIEWS = ("timeline", "customers")
 
 
 def views_behind(conn: psycopg.Connection[Any]) -> bool:
-    """Whether an event is readable that the identity views have not applied yet."""
+    """Whether an event has committed that the identity views have not applied yet
+    (including one the projections cannot read yet, for a transaction still open that
+    began before it)."""
     row = conn.execute(
         """
         SELECT EXISTS (
@@ -58,8 +60,7 @@ def views_behind(conn: psycopg.Connection[Any]) -> bool:
              WHERE EXISTS (
                    SELECT FROM events AS e
                     WHERE (e.transaction_id, e.position)
-                          > (coalesce(c.transaction_id, '0'), coalesce(c.position, 0))
-                      AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())))
+                          > (coalesce(c.transaction_id, '0'), coalesce(c.position, 0))))
         """,
         {"names": list(_IDENTITY_VIEWS)},
     ).fetchone()
@@ -134,6 +135,12 @@ def _erase(store: Store, customer_id: str, reason: str, actor: str | None) -> Er
         keyring = store.sealer.keyring(conn)
         owners = [keyring.token(f"customer:{c}") for c in family]
         owners += [bytes.fromhex(token) for _, token in contacts]
+        # Events naming a contact's provisional customer (a chat visitor linked to it):
+        # sealed under that customer's key.
+        owners += [
+            keyring.token(f"customer:{provisional_customer_id(kind, token)}")
+            for kind, token in contacts
+        ]
         shredded = [
             row[0]
             for row in conn.execute(

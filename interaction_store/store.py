@@ -924,7 +924,7 @@ def _insert_statement(
             "metadata": p.metadata.decode(),
             "content_digest": p.content_digest,
             "metadata_digest": p.metadata_digest,
-            "keys": list(p.key_ids),
+            "keys": _keys_param([p]),
         }
     streams = sorted({p.stream_id for p in prepared})
     index = {stream: i for i, stream in enumerate(streams, start=1)}
@@ -943,11 +943,21 @@ def _insert_statement(
         for p in prepared
     ]
     return query("append_events"), {
-        "keys": sorted({key_id for p in prepared for key_id in p.key_ids}),
+        "keys": _keys_param(prepared),
         "streams": streams,
         "expected": [expected.get(s) for s in streams],
         "events": orjson.dumps(rows).decode(),
     }
+
+
+def _keys_param(prepared: Sequence[_Prepared]) -> list[int] | None:
+    """What the append passes data_keys_live: the keys its events are sealed under, or
+    nothing (no lock) when none is sealed and none is a customer event (whose links and
+    merges decide whom an erasure erases)."""
+    keys = sorted({key_id for p in prepared for key_id in p.key_ids})
+    if keys or any(p.event.type.startswith("customer.") for p in prepared):
+        return keys
+    return None
 
 
 def _translate(exc: psycopg.Error) -> Exception:

@@ -31,6 +31,7 @@ from interaction_store.views import resolve_customer
 
 __all__ = [
     "INTERACTION_FAMILIES",
+    "READABLE_AGAIN",
     "SNIPPET_LENGTH",
     "TimelineProjection",
     "conversation_of",
@@ -129,7 +130,7 @@ def family_of(event_type: str) -> str:
 INTERACTION_FAMILIES = frozenset({"email", "call", "chat", "sms", "tweet", "callback"})
 #: An identity's address, kept for display, is replaced when it read as a placeholder and
 #: a later event of the contact reads it: all events of one token share one address.
-_READABLE_AGAIN = (
+READABLE_AGAIN = (
     f"i.value LIKE '{PLACEHOLDER_PREFIX}%%' AND excluded.value NOT LIKE '{PLACEHOLDER_PREFIX}%%'"
 )
 #: The events that link contacts to a customer; runs of them are applied together.
@@ -189,7 +190,7 @@ def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]
                    AS r(kind text, token text, value text, customer_id text, position bigint)
             ON CONFLICT (kind, token) DO UPDATE SET value = excluded.value
              WHERE """
-            + _READABLE_AGAIN,
+            + READABLE_AGAIN,
             (orjson.dumps(provisional).decode(),),
         )
     conn.execute(
@@ -351,7 +352,7 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
                    reason = excluded.reason, source = excluded.source,
                    position = excluded.position,
                    value = CASE WHEN """
-        + _READABLE_AGAIN
+        + READABLE_AGAIN
         + """ THEN excluded.value ELSE i.value END
         )
         SELECT i.kind, i.token, i.customer_id, g.customer_id

@@ -52,13 +52,15 @@ CREATE INDEX data_keys_expiring ON data_keys (channel, period) WHERE shredded_at
 -- takes exclusively (so each waits for the other), then refuses (ISC02) if one of the
 -- keys was shredded since the appender fetched it, so an event is never written under a
 -- key that is already gone. An advisory lock, not one on data_keys: an appender still
--- makes new keys while an erasure waits for it.
+-- makes new keys while an erasure waits for it. ids is empty for appends of customer
+-- events that seal nothing (a merge): they take the lock all the same, since whom an
+-- erasure erases depends on them; NULL for appends that need no lock.
 CREATE FUNCTION data_keys_live(ids bigint[]) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     gone bigint[];
 BEGIN
-    IF cardinality(ids) = 0 THEN
+    IF ids IS NULL THEN
         RETURN true;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(4936157270312945623);

@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from interaction_store import views
 from interaction_store.api import create_app
+from interaction_store.asof import as_of
 from interaction_store.audit.replay import replay
 from interaction_store.audit.verify import verify
 from interaction_store.cli import cli
@@ -35,6 +36,7 @@ from interaction_store.db import open_pool
 from interaction_store.demo import generate
 from interaction_store.keys import create_key
 from interaction_store.projections import ProjectionRunner, all_projections
+from interaction_store.projections.timeline import provisional_customer_id
 from interaction_store.settings import Settings
 from interaction_store.shredding import Erasure, ViewsBehind, erase
 from interaction_store.store import Store
@@ -461,3 +463,60 @@ def test_an_erasure_and_appends_that_need_new_keys_do_not_deadlock(
         runner.stop()
         projector.join(10)
         other.close()
+
+
+def test_a_visitor_linked_to_a_contacts_provisional_customer_is_erased_with_it(
+    store: Store,
+) -> None:
+    """A chat visitor linked to an address nobody claimed yet (the Chatwoot connector does
+    this) follows the address to the customer who claims it; that link event names the
+    address's provisional customer and is erased with the customer too."""
+    runner = ProjectionRunner(store, all_projections())
+    store.append_batch([email(1, contact="email:walkin@example.com", external_id="w-1")])
+    with store.pool.connection() as conn:
+        token = store.sealer.keyring(conn).token("email:walkin@example.com").hex()
+    provisional = provisional_customer_id("email", token)
+    store.append_batch(
+        [{"type": "customer.identity_linked", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": provisional, "contact": "chat:visitor-secret-9"}},
+         {"type": "customer.registered", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": "cu-walkin", "contacts": ["email:walkin@example.com"]}}]
+    )  # fmt: skip
+    runner.catch_up()
+    done = erase(store, "cu-walkin")
+    assert done.contacts == 2  # the address and the visitor who followed it
+    link = next(e for e in store.read_all() if e.type == "customer.identity_linked")
+    assert link.data["contact"]["value"].startswith("erased-")
+
+
+def test_an_erased_customer_reads_erased_as_of_any_time(store: Store) -> None:
+    canary_history(store)
+    before = store.head()
+    erase(store, "cu-canary")
+    ProjectionRunner(store, all_projections()).catch_up()
+    with store.pool.connection() as conn, as_of(conn, before, "cu-canary", sealer=store.sealer):
+        summary = views.customer(conn, "cu-canary")
+        items = views.timeline(conn, "cu-canary")
+    assert summary.profile is not None
+    assert summary.profile.erased_at is not None
+    assert (summary.identities, items) == ([], [])
+
+
+def test_an_erasure_waits_for_a_link_an_open_transaction_hides(
+    store: Store, database_url: str
+) -> None:
+    """A link committed after a transaction that is still open cannot be read by the
+    projections yet (gap safety); the erasure must not go ahead without it."""
+    canary_history(store)
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("SELECT pg_current_xact_id()")  # open, with a transaction id
+        store.append_batch(
+            [{"type": "customer.identity_linked", "occurred_at": T0.isoformat(),
+              "data": {"customer_id": "cu-canary", "contact": "email:late@example.com"}}]
+        )  # fmt: skip
+        ProjectionRunner(store, all_projections()).catch_up()
+        with pytest.raises(ViewsBehind):
+            erase(store, "cu-canary", wait=0.3)
+        blocker.rollback()
+    ProjectionRunner(store, all_projections()).catch_up()
+    assert erase(store, "cu-canary").contacts == 4
