@@ -210,6 +210,58 @@ class _Request(NamedTuple):
     period: str | None = None  # the month's first day, ISO
 
 
+def _make_keys(
+    conn: psycopg.Connection[Any], keyring: Keyring, missing: Sequence[_Request]
+) -> list[tuple[int, bytes, str, bytes]]:
+    """Make a key for each request, or take the one another appender made meanwhile:
+    (key id, owner, scope, raw key) of each. Committed at once, without waiting for the
+    flush to disk: the append that uses a key commits later, synchronously, and its
+    flush takes the key's commit along."""
+    made = {(r.owner, r.scope): os.urandom(32) for r in missing}
+    rows = [
+        {
+            "owner": r.owner.hex(),
+            "scope": r.scope,
+            "channel": r.channel,
+            "period": r.period,
+            "key": keyring.wrap(r.owner, r.scope, made[(r.owner, r.scope)]).hex(),
+        }
+        for r in missing
+    ]
+    inserted = conn.execute(
+        """
+        WITH quick AS (SELECT set_config('synchronous_commit', 'off', true))
+        INSERT INTO data_keys (owner, scope, channel, period, key)
+        SELECT decode(r.owner, 'hex'), r.scope, r.channel, r.period, decode(r.key, 'hex')
+          FROM jsonb_to_recordset(%s::jsonb)
+               AS r(owner text, scope text, channel text, period date, key text),
+               quick
+        ON CONFLICT (owner, scope) WHERE shredded_at IS NULL DO NOTHING
+        RETURNING key_id, owner, scope
+        """,
+        (orjson.dumps(rows).decode(),),
+    ).fetchall()
+    keys = [(key_id, bytes(o), scope, made[(bytes(o), scope)]) for key_id, o, scope in inserted]
+    if len(inserted) < len(missing):  # made meanwhile by another appender
+        taken = {(bytes(o), scope) for _, o, scope in inserted}
+        others = [
+            row for row, r in zip(rows, missing, strict=True) if (r.owner, r.scope) not in taken
+        ]
+        for key_id, owner, scope, wrapped in conn.execute(
+            """
+            SELECT k.key_id, k.owner, k.scope, k.key
+              FROM jsonb_to_recordset(%s::jsonb) AS r(owner text, scope text)
+              JOIN data_keys AS k
+                ON k.owner = decode(r.owner, 'hex') AND k.scope = r.scope
+               AND k.shredded_at IS NULL
+            """,
+            (orjson.dumps(others).decode(),),
+        ).fetchall():
+            raw = keyring.unwrap(bytes(owner), scope, bytes(wrapped))
+            keys.append((key_id, bytes(owner), scope, raw))
+    return keys
+
+
 @functools.lru_cache(maxsize=4096)
 def _period(channel: str, year: int, month: int) -> _Request:
     yyyy_mm = f"{year:04d}-{month:02d}"  # not strftime, which does not pad years < 1000
@@ -328,60 +380,22 @@ class Sealer:
         for key_id in gone:
             self._opening.pop(key_id, None)
 
-    def _keys_for(self, requests: Iterable[_Request]) -> dict[tuple[bytes, str], _Key]:
-        """The live key of each request, made where there is none."""
+    def _keys_for(
+        self, requests: Iterable[_Request], conn: psycopg.Connection[Any] | None = None
+    ) -> dict[tuple[bytes, str], _Key]:
+        """The live key of each request, made where there is none: on ``conn`` (idle, in
+        autocommit) if given, else on the sealer's own connection."""
         wanted = {(r.owner, r.scope): r for r in requests}
         found = {w: k for w in wanted if (k := self._sealing.get(w)) is not None}
         missing = [r for w, r in wanted.items() if w not in found]
         if not missing:
             return found
-        keyring = self.keyring()
-        made = {(r.owner, r.scope): os.urandom(32) for r in missing}
-        rows = [
-            {
-                "owner": r.owner.hex(),
-                "scope": r.scope,
-                "channel": r.channel,
-                "period": r.period,
-                "key": keyring.wrap(r.owner, r.scope, made[(r.owner, r.scope)]).hex(),
-            }
-            for r in missing
-        ]
-        with self._lock:
-            conn = self._connection()
-            params = (orjson.dumps(rows).decode(),)
-            inserted = conn.execute(
-                """
-                INSERT INTO data_keys (owner, scope, channel, period, key)
-                SELECT decode(r.owner, 'hex'), r.scope, r.channel, r.period,
-                       decode(r.key, 'hex')
-                  FROM jsonb_to_recordset(%s::jsonb)
-                       AS r(owner text, scope text, channel text, period date, key text)
-                ON CONFLICT (owner, scope) WHERE shredded_at IS NULL DO NOTHING
-                RETURNING key_id, owner, scope
-                """,
-                params,
-            ).fetchall()
-            keys = [(key_id, bytes(o), sc, made[(bytes(o), sc)]) for key_id, o, sc in inserted]
-            if len(inserted) < len(missing):  # made meanwhile by another appender
-                taken = {(bytes(o), sc) for _, o, sc in inserted}
-                others = [
-                    row
-                    for row, r in zip(rows, missing, strict=True)
-                    if (r.owner, r.scope) not in taken
-                ]
-                for key_id, owner, scope, wrapped in conn.execute(
-                    """
-                    SELECT k.key_id, k.owner, k.scope, k.key
-                      FROM jsonb_to_recordset(%s::jsonb) AS r(owner text, scope text)
-                      JOIN data_keys AS k
-                        ON k.owner = decode(r.owner, 'hex') AND k.scope = r.scope
-                       AND k.shredded_at IS NULL
-                    """,
-                    (orjson.dumps(others).decode(),),
-                ).fetchall():
-                    raw = keyring.unwrap(bytes(owner), scope, bytes(wrapped))
-                    keys.append((key_id, bytes(owner), scope, raw))
+        keyring = self.keyring(conn)
+        if conn is None:
+            with self._lock:
+                keys = _make_keys(self._connection(), keyring, missing)
+        else:
+            keys = _make_keys(conn, keyring, missing)
         if len(self._sealing) > 100_000:
             self._sealing.clear()
             self._content.clear()
@@ -397,19 +411,22 @@ class Sealer:
         self,
         events: Sequence[tuple[UUID, str, datetime, dict[str, Any]]],
         dumps: Callable[[dict[str, Any]], bytes],
+        conn: psycopg.Connection[Any] | None = None,
     ) -> list[tuple[bytes | None, tuple[int, ...]]]:
         """Each event's data with its personal fields sealed, as ``dumps`` writes it, and
         the keys it used.
 
         ``events`` are (id, type, occurred_at, data as JSON); for data with nothing
         personal, (None, ()). The keys of the whole batch are found (or made) first, in
-        one round trip; then each event is sealed and written out at once, so the objects
-        sealing makes die young instead of burdening the garbage collector.
+        one round trip, on ``conn`` if given (idle, in autocommit: the append's own, so
+        that appenders do not queue for the sealer's); then each event is sealed and
+        written out at once, so the objects sealing makes die young instead of burdening
+        the garbage collector.
         """
-        keyring = self.keyring()
+        keyring = self.keyring(conn)
         wanted = [_keys_wanted(keyring, *event) for event in events]
         keys = self._keys_for(
-            r for w in wanted if w is not None for r in (w[0], w[1]) if r is not None
+            (r for w in wanted if w is not None for r in (w[0], w[1]) if r is not None), conn
         )
         sealed: list[tuple[bytes | None, tuple[int, ...]]] = []
         for (event_id, event_type, _, data), want in zip(events, wanted, strict=True):

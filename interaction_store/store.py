@@ -374,7 +374,8 @@ class Store:
                     if len(items) > _CHUNK and not expected.errors:
                         result = self._append_overlapped(conn, items, expected)
                     else:
-                        result = _append_prepared(conn, self._prepare(items, expected), expected)
+                        prepared = self._prepare(items, expected, conn)
+                        result = _append_prepared(conn, prepared, expected)
                 break
             except KeysShredded as exc:  # an erasure got in first: seal with new keys
                 self.sealer.forget(exc.key_ids)
@@ -441,21 +442,32 @@ class Store:
             return _append_prepared(conn, prepared, expected)
         return _result(prepared, placed, {})
 
-    def _prepare(self, items: list[_Item], expected: _Expectations) -> list[_Prepared]:
+    def _prepare(
+        self,
+        items: list[_Item],
+        expected: _Expectations,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[_Prepared]:
         """Validate and serialise a batch; every error of the batch is reported at once."""
         errors = list(expected.errors)
-        prepared = self._prepare_chunk(items, 0, {}, errors)
+        prepared = self._prepare_chunk(items, 0, {}, errors, conn)
         if errors:
             raise EventValidationError(errors)
         return prepared
 
     def _prepare_chunk(
-        self, items: list[_Item], offset: int, seen: dict[UUID, int], errors: list[FieldError]
+        self,
+        items: list[_Item],
+        offset: int,
+        seen: dict[UUID, int],
+        errors: list[FieldError],
+        conn: psycopg.Connection[Any] | None = None,
     ) -> list[_Prepared]:
         """Validate and serialise ``items``, found at ``offset`` in their batch.
 
         Adds each problem to ``errors``; ``seen`` holds the event ids met so far in the
-        batch. An item without a stream goes to the one its data names.
+        batch. An item without a stream goes to the one its data names. New data keys are
+        made on ``conn`` if given (idle, in autocommit), else on the sealer's connection.
         """
         try:
             models = parse_events([event for _, event in items], phone_region=self.phone_region)
@@ -511,6 +523,7 @@ class Store:
             sealed = self.sealer.seal(
                 [(m.id, m.type, m.occurred_at, d) for _, m, d, _, _ in valid],
                 _sealed_json if unstable else _sorted_json,
+                conn,
             )
         prepared: list[_Prepared] = []
         for (stream_id, model, _, plain, metadata), (stored, key_ids) in zip(
