@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -1193,6 +1193,12 @@ def erase_command(obj: Context, customer: str, reason: str, yes: bool) -> None:
     )
 
 
+def _period(period: timedelta) -> str:
+    """A retention period as it is usually given: in days, else as h:mm:ss."""
+    days, rest = divmod(period, timedelta(days=1))
+    return f"{days:,} days" if not rest else str(period)
+
+
 @cli.group(name="retention")
 def retention_group() -> None:
     """Shred content older than each channel's retention period."""
@@ -1229,7 +1235,7 @@ def retention_apply(obj: Context, dry_run: bool, wait: float) -> None:
     verb = "would shred" if dry_run else "shredded"
     for item in report.channels:
         line = (
-            f"{item.channel}: older than {item.cutoff:%Y-%m-%d} ({item.period.days} days):"
+            f"{item.channel}: older than {item.cutoff:%Y-%m-%d %H:%M} ({_period(item.period)}):"
             f" {verb} {item.keys:,} keys sealing {item.events:,} events"
         )
         if not dry_run:

@@ -76,4 +76,4 @@ def owner_of(
     if owner is not None:
         return owner
     kind, value = read.params["kind"], read.params["value"]
-    return provisional_customer_id(kind, keyring.token(f"{kind}:{value}").hex())
+    return provisional_customer_id(kind, keyring.contact_token(kind, value))

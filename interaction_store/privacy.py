@@ -178,6 +178,10 @@ class Keyring:
         """The keyed token of an identity (``kind:value`` or ``customer:<id>``)."""
         return self.token_and_hex(identity)[0]
 
+    def contact_token(self, kind: str, value: str) -> str:
+        """A contact's token as stored and as the views key it (hex)."""
+        return self.token_and_hex(f"{kind}:{value}")[1]
+
     def token_and_hex(self, identity: str) -> tuple[bytes, str]:
         found = self._tokens.get(identity)
         if found is None:
@@ -297,7 +301,7 @@ def contact_tokens(data: Mapping[str, Any], keyring: Keyring | None = None) -> t
     contacts = [data["contact"]] if "contact" in data else data.get("contacts") or []
     if keyring is None:
         return tuple(c["token"] for c in contacts)
-    return tuple(keyring.token_and_hex(f"{c['kind']}:{c['value']}")[1] for c in contacts)
+    return tuple(keyring.contact_token(c["kind"], c["value"]) for c in contacts)
 
 
 #: How the address of a contact whose key is gone reads: this, then its token.
@@ -593,7 +597,7 @@ def _split(
 
 
 def _token(keyring: Keyring, contact: Mapping[str, str]) -> str:
-    return keyring.token_and_hex(f"{contact['kind']}:{contact['value']}")[1]
+    return keyring.contact_token(contact["kind"], contact["value"])
 
 
 def _encrypt(cipher: AESGCMSIV, event_id: bytes, purpose: bytes, values: dict[str, Any]) -> str:

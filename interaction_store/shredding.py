@@ -27,7 +27,15 @@ from interaction_store.privacy import PERIOD_OWNER, SHREDDING_LOCK
 from interaction_store.projections.timeline import provisional_customer_id, refresh_content
 from interaction_store.store import EVENT_COLUMNS, Store
 
-__all__ = ["Erasure", "RetentionReport", "ViewsBehind", "apply_retention", "erase", "views_behind"]
+__all__ = [
+    "ChannelRetention",
+    "Erasure",
+    "RetentionReport",
+    "ViewsBehind",
+    "apply_retention",
+    "erase",
+    "views_behind",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +222,9 @@ def apply_retention(
     ago (so content is kept for its period, and at most a month longer), then write the
     affected timeline rows again from the shredded log.
 
-    Before rewriting rows, waits up to ``wait`` seconds for the projections to pass the
-    log's head, so that no batch they read before the keys went writes content after.
+    Before rewriting rows, waits up to ``wait`` seconds for the views to have applied
+    every committed event, so that no batch read before the keys went writes content
+    after.
     """
     now = now or datetime.now(UTC)
     report = RetentionReport(dry_run=dry_run)
@@ -247,7 +256,7 @@ def apply_retention(
                     )
                 ]
             item.keys = len(ids)
-            if ids:
+            if ids and dry_run:  # otherwise counted as they are rewritten
                 row = conn.execute(
                     "SELECT count(*) FROM events"
                     " WHERE (payload->'sealed'->'content'->>'period_key')::bigint = ANY(%s)",
@@ -258,32 +267,29 @@ def apply_retention(
     if dry_run:
         return report
     store.sealer.forget(i for ids in shredded.values() for i in ids)
-    report.projections_caught_up = _wait_for_projections(store, wait)
+    report.projections_caught_up = _caught_up(store, wait)
     for item in report.channels:
         if shredded[item.channel]:
-            item.rows_redacted = _redact(store, shredded[item.channel])
+            item.events, item.rows_redacted = _redact(store, shredded[item.channel])
     return report
 
 
-def _wait_for_projections(store: Store, wait: float) -> bool:
-    head = store.head()
+def _caught_up(store: Store, wait: float) -> bool:
+    """Whether the views applied every committed event within ``wait`` seconds."""
     deadline = time.monotonic() + wait
     while True:
         with store.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT coalesce(min(position), 0) FROM projection_checkpoints"
-                " WHERE projection = 'timeline'"
-            ).fetchone()
-        if row is None or row[0] >= head:
-            return True
+            if not views_behind(conn):
+                return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
 
 
-def _redact(store: Store, key_ids: list[int], batch: int = 2000) -> int:
-    """Write the timeline rows of the events sealed under ``key_ids`` again."""
-    changed = 0
+def _redact(store: Store, key_ids: list[int], batch: int = 2000) -> tuple[int, int]:
+    """Write the timeline rows of the events sealed under ``key_ids`` again: how many
+    events those are, and how many rows changed."""
+    events = changed = 0
     after = 0
     with store.pool.connection() as conn:
         while True:
@@ -294,7 +300,8 @@ def _redact(store: Store, key_ids: list[int], batch: int = 2000) -> int:
                 (key_ids, after, batch),
             ).fetchall()
             if not rows:
-                return changed
+                return events, changed
             with conn.transaction():
                 changed += refresh_content(conn, store.recorded(conn, rows))
+            events += len(rows)
             after = rows[-1][0]

@@ -76,7 +76,6 @@ __all__ = [
     "StreamAppend",
     "StreamState",
     "Transaction",
-    "recorded_event",
     "recorded_events",
 ]
 
@@ -717,21 +716,20 @@ def recorded_events(
     (placeholders where their keys were shredded), data upcast."""
     opened = sealer.open_all(conn, [(row[2], row[9]) for row in rows])
     return [
-        recorded_event(row, catalogue, data, tokens)
+        _recorded_event(row, data, tokens, catalogue)
         for row, (data, tokens) in zip(rows, opened, strict=True)
     ]
 
 
-def recorded_event(
+def _recorded_event(
     row: Sequence[Any],
-    catalogue: Mapping[str, type[EventBase]] = CATALOGUE,
-    data: dict[str, Any] | None = None,
-    contact_tokens: tuple[str, ...] = (),
+    data: dict[str, Any],
+    contact_tokens: tuple[str, ...],
+    catalogue: Mapping[str, type[EventBase]],
 ) -> RecordedEvent:
-    """A row of ``EVENT_COLUMNS`` as a ``RecordedEvent``, its data upcast; ``data`` is
-    the payload opened, and ``contact_tokens`` its contacts' tokens (see
-    ``recorded_events``)."""
-    schema_version, data = upcast(row[5], row[6], row[9] if data is None else data, catalogue)
+    """A row of ``EVENT_COLUMNS`` as a ``RecordedEvent``, with its payload opened
+    (``data``) and upcast, and its contacts' tokens."""
+    schema_version, data = upcast(row[5], row[6], data, catalogue)
     return RecordedEvent(
         position=row[0],
         transaction_id=int(row[1]),
@@ -750,7 +748,7 @@ def recorded_event(
     )
 
 
-#: The columns, in order, that ``recorded_event`` reads.
+#: The columns, in order, that ``recorded_events`` reads.
 EVENT_COLUMNS = (
     "position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,"
     " schema_version, occurred_at, recorded_at, payload, metadata, content_digest, hash,"

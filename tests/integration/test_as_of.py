@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
@@ -134,30 +134,24 @@ def test_as_of_a_time_over_http_and_on_the_command_line(
             "/v1/customers/cu-old", params={"as_of": str(moments["registered"])}, headers=auth
         )
         assert unknown_then.status_code == 404  # cu-old did not exist yet
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--database-url",
-            database_url,
-            "timeline",
-            "cu-ann",
-            "--as-of",
-            str(moments["linked"] - 1),
-        ],
-    )
+
+    def then(command: str) -> Result:
+        return CliRunner().invoke(
+            cli,
+            [
+                "--database-url",
+                database_url,
+                command,
+                "cu-ann",
+                "--as-of",
+                str(moments["linked"] - 1),
+            ],
+        )
+
+    result = then("timeline")
     assert result.exit_code == 0, result.output
     assert "sms" not in result.output
-    summary = CliRunner().invoke(
-        cli,
-        [
-            "--database-url",
-            database_url,
-            "customer",
-            "cu-ann",
-            "--as-of",
-            str(moments["linked"] - 1),
-        ],
-    )
+    summary = then("customer")
     assert summary.exit_code == 0, summary.output
     assert "silver" in summary.output
     assert "+14155550100" not in summary.output  # the phone was not hers yet
