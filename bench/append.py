@@ -117,15 +117,17 @@ def in_threads(shares: Sequence[T], work: Callable[[T], object]) -> float:
 
 
 def process_writer(url: str, warm: list[Wire], share: list[Wire], gate: Any, out: Any) -> None:
-    """One writer process with its own pool and store; reports (start, end) or an error."""
+    """One writer process with its own pool and store; reports (start, end, CPU seconds)
+    or an error."""
     try:
         pool = open_pool(url, min_size=1, max_size=1)
         store = Store(pool)
         store_singles(store, warm)
         gate.wait(timeout=600)
         start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+        cpu = time.process_time()
         store_singles(store, share)
-        out.put((start, time.perf_counter()))
+        out.put((start, time.perf_counter(), time.process_time() - cpu))
         store.close()
         pool.close()
     except BaseException as exc:
@@ -133,8 +135,9 @@ def process_writer(url: str, warm: list[Wire], share: list[Wire], gate: Any, out
         out.put(repr(exc))
 
 
-def in_processes(url: str, warm: list[list[Wire]], shares: list[list[Wire]]) -> float:
-    """Seconds from the first writer process starting to time until the last one ends."""
+def in_processes(url: str, warm: list[list[Wire]], shares: list[list[Wire]]) -> tuple[float, float]:
+    """Seconds from the first writer process starting to time until the last one ends,
+    and the CPU seconds the writers spent (their own, not PostgreSQL's)."""
     ctx = mp.get_context("spawn")
     gate, out = ctx.Barrier(len(shares)), ctx.Queue()
     procs = [
@@ -143,13 +146,14 @@ def in_processes(url: str, warm: list[list[Wire]], shares: list[list[Wire]]) -> 
     ]
     for proc in procs:
         proc.start()
-    spans: list[tuple[float, float] | str] = [out.get() for _ in procs]
+    spans: list[tuple[float, float, float] | str] = [out.get() for _ in procs]
     for proc in procs:
         proc.join()
     times = [span for span in spans if not isinstance(span, str)]
     if len(times) < len(spans):
         raise RuntimeError(f"a writer process failed: {set(spans) - set(times)}")
-    return max(end for _, end in times) - min(start for start, _ in times)
+    wall = max(end for _, end, _ in times) - min(start for start, _, _ in times)
+    return wall, sum(cpu for _, _, cpu in times)
 
 
 # The paths measured -------------------------------------------------------------------
@@ -268,7 +272,9 @@ class Bench:
                 in_threads(warm, append)
                 result[f"threads_{n}"] = len(events) / in_threads(shares, append)
             with self.database(f"bench_store_processes_{n}", store=True) as url:
-                result[f"processes_{n}"] = len(events) / in_processes(url, warm, shares)
+                wall, cpu = in_processes(url, warm, shares)
+                result[f"processes_{n}"] = len(events) / wall
+                result[f"processes_{n}_cpu_us"] = cpu / len(events) * 1e6
         with self.raw(f"threads_{writers}", connections=writers) as conns:
 
             def insert_all(part: list[Row]) -> float:
@@ -307,6 +313,9 @@ def report(
     raw_w = c[f"raw_threads_{w}"]
     label = f"raw single INSERT, {w} threads"
     print(f"  {label:<34} {raw_w:>10,.0f} ev/s = {raw_w / b['raw']:.2f}x 1 writer")
+    cpu_1, cpu_w = c["processes_1_cpu_us"], c[f"processes_{w}_cpu_us"]
+    label = "writer CPU per single append"
+    print(f"  {label:<34} {cpu_1:>7,.0f} µs with 1 process, {cpu_w:,.0f} µs with {w}")
     table = [
         (f"batch {args.batch} (append_batch)", a["store"], max(raws.values()), 0.5),
         ("single append, 1 per tx", b["store"], b["raw"], 0.7),

@@ -23,7 +23,7 @@ import psycopg
 
 from interaction_store import views
 from interaction_store.exceptions import DatabaseError
-from interaction_store.privacy import PERIOD_OWNER, SHREDDING_LOCK
+from interaction_store.privacy import PERIOD_OWNER, PLACEHOLDER, SHREDDING_LOCK
 from interaction_store.projections.timeline import provisional_customer_id, refresh_content
 from interaction_store.store import EVENT_COLUMNS, Store
 
@@ -160,6 +160,7 @@ def _erase(store: Store, customer_id: str, reason: str, actor: str | None) -> Er
                 (owners,),
             )
         ]
+        _redact_dead_letters(conn, shredded)
         metadata: dict[str, Any] = {"connector": "erasure"}
         if actor:
             metadata["actor"] = actor
@@ -256,6 +257,8 @@ def apply_retention(
                     )
                 ]
             item.keys = len(ids)
+            if ids and not dry_run:
+                _redact_dead_letters(conn, ids)
             if ids and dry_run:  # otherwise counted as they are rewritten
                 row = conn.execute(
                     "SELECT count(*) FROM events"
@@ -272,6 +275,22 @@ def apply_retention(
         if shredded[item.channel]:
             item.events, item.rows_redacted = _redact(store, shredded[item.channel])
     return report
+
+
+def _redact_dead_letters(conn: psycopg.Connection[Any], key_ids: list[int]) -> None:
+    """Blank the error text of the dead letters of events sealed under ``key_ids``: a
+    projection's account of failing on an event can quote what it was given."""
+    if key_ids:
+        conn.execute(
+            """
+            UPDATE dead_letters AS d SET error = %(placeholder)s
+              FROM events AS e
+             WHERE e.position = d.position AND d.error <> %(placeholder)s
+               AND ((e.payload->'sealed'->'identity'->>'key')::bigint = ANY(%(keys)s)
+                    OR (e.payload->'sealed'->'content'->>'period_key')::bigint = ANY(%(keys)s))
+            """,
+            {"placeholder": PLACEHOLDER, "keys": key_ids},
+        )
 
 
 def _caught_up(store: Store, wait: float) -> bool:

@@ -78,3 +78,27 @@ def cli_command(database_url: str, *args: str) -> list[str]:
         database_url,
         *args,
     ]
+
+
+def park_failures(database_url: str, quoted: dict[str, str]) -> None:
+    """Dead letters for the emails of these external ids, as a projection that failed on
+    them would have parked them, its error quoting the given address (and skipped since:
+    an operator's decision keeps the record, and views and rebuilds ignore it)."""
+    with psycopg.connect(database_url) as conn:
+        for external_id, address in quoted.items():
+            conn.execute(
+                "INSERT INTO dead_letters"
+                " (projection, position, event_id, type, error, attempts, resolution, resolved_at)"
+                " SELECT 'timeline', position, event_id, type, %s, 3, 'skipped', now() FROM events"
+                " WHERE payload->>'external_id' = %s",
+                (f"Key (contact_value)=({address}) already exists.", external_id),
+            )
+
+
+def parked_errors(database_url: str) -> dict[str, str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT e.payload->>'external_id', d.error FROM dead_letters AS d"
+            " JOIN events AS e USING (position)"
+        ).fetchall()
+    return dict(rows)

@@ -41,7 +41,7 @@ from interaction_store.settings import Settings
 from interaction_store.shredding import Erasure, ViewsBehind, erase
 from interaction_store.store import Store
 from interaction_store.testing import TestDatabases
-from tests.helpers import T0, email
+from tests.helpers import T0, email, park_failures, parked_errors
 from tests.integration.test_rebuild import (
     CONTACTS,
     CUSTOMERS,
@@ -146,6 +146,7 @@ def test_an_erased_customer_leaves_placeholders_and_no_trace_of_the_canary(
     reader = bearer(pool, "timeline:read")
     auditor = bearer(pool, "audit:read")
     admin = bearer(pool, "admin")
+    park_failures(database_url, {"m-1": ADDRESS, "m-3": "bob@example.com"})
     assert CANARY in pg_dump(database_url)  # the views hold it, as they should, till now
     others = {path: http.get(path, headers=reader).content for path in OTHER_READS}
     head = store.head()
@@ -204,6 +205,10 @@ def test_an_erased_customer_leaves_placeholders_and_no_trace_of_the_canary(
     dump = pg_dump(database_url)
     for trace in (CANARY, CANARY.lower(), CANARY.upper(), PHONE, PHONE[2:]):
         assert trace not in dump, trace
+    assert parked_errors(database_url) == {
+        "m-1": "[erased]",  # a projection's failure that quoted the address is blanked
+        "m-3": "Key (contact_value)=(bob@example.com) already exists.",  # another's stays
+    }
 
     # The same address again: a new history, under a new key the old one is not.
     old_keys = _keys(database_url)

@@ -24,7 +24,7 @@ from interaction_store.exceptions import ConfigurationError
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.shredding import apply_retention
 from interaction_store.store import Store
-from tests.helpers import email
+from tests.helpers import email, park_failures, parked_errors
 
 SECRET = "Hv3SecretPlaintext"
 
@@ -136,6 +136,7 @@ def test_retention_shreds_only_the_months_older_than_their_channels_period(
     store: Store, database_url: str
 ) -> None:
     retention_history(store)
+    park_failures(database_url, {"m-jan": "january subject", "m-nov": "recent subject"})
     periods = {"email": timedelta(days=90)}  # the cut-off is 2026-09-02
     dry = apply_retention(store, periods, now=NOW, dry_run=True)
     assert (dry.keys, dry.events) == (2, 2)  # January and August; not November
@@ -154,6 +155,10 @@ def test_retention_shreds_only_the_months_older_than_their_channels_period(
     assert read["m-jan"]["body"] == "[erased]"
     assert read["m-jan"]["to"] == []
     assert read["m-nov"]["body"] == "recent body"
+    assert parked_errors(database_url) == {
+        "m-jan": "[erased]",  # a failure quoting shredded content is blanked with it
+        "m-nov": "Key (contact_value)=(recent subject) already exists.",
+    }
 
     assert replay(store).identical
     with psycopg.connect(database_url) as conn:
