@@ -137,9 +137,12 @@ def as_of(
 
 
 def _erased(conn: psycopg.Connection[Any], customer_id: str) -> bool:
+    """Whether the customer was erased, itself or as one merged into the erased one (the
+    erasure purged that merge, so the customer no longer resolves to its target)."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM events WHERE type = 'customer.erased' AND stream_id IN"
-        " ('customer-' || %(c)s, 'customer-' || resolve_customer(%(c)s)))",
+        "SELECT EXISTS (SELECT FROM events WHERE type = 'customer.erased' AND (stream_id IN"
+        " ('customer-' || %(c)s, 'customer-' || resolve_customer(%(c)s))"
+        " OR payload->'merged_customer_ids' ? %(c)s))",
         {"c": customer_id},
     ).fetchone()
     return bool(row and row[0])

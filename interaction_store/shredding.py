@@ -240,7 +240,7 @@ def apply_retention(
             expiring = """
                 FROM data_keys
                WHERE owner = %(owner)s AND channel = %(channel)s AND shredded_at IS NULL
-                 AND (period + interval '1 month') <= %(cutoff)s
+                 AND ((period + interval '1 month') AT TIME ZONE 'UTC') <= %(cutoff)s
             """
             params = {"owner": PERIOD_OWNER, "channel": channel, "cutoff": cutoff}
             if dry_run:

@@ -883,14 +883,34 @@ def _already_stored(
     compared any more, and its id is its source's natural key: it counts as present, so
     that a redelivery neither conflicts nor brings the content back.
     """
-    digests = {p.event.id: p.content_digest for p in pending}
-    rows = conn.execute(query("stored_events"), {"event_ids": list(digests)}).fetchall()
+    by_id = {p.event.id: p for p in pending}
+    rows = conn.execute(query("stored_events"), {"event_ids": list(by_id)}).fetchall()
     found = {}
-    for event_id, position, stream_id, stream_version, digest, shredded in rows:
-        if digest != digests[event_id] and not shredded:
+    for event_id, position, stream_id, stream_version, digest, shredded, sealed in rows:
+        p = by_id[event_id]
+        # An event stored as given (before sealing existed, or by a store that does not
+        # seal) and sealed now is told by the digest of its data as given.
+        if (
+            digest != p.content_digest
+            and not shredded
+            and (sealed or not p.key_ids or digest != _digest_as_given(p))
+        ):
             raise IdempotencyConflict(event_id)
         found[event_id] = AppendedEvent(event_id, position, stream_id, stream_version, True)
     return found
+
+
+def _digest_as_given(p: _Prepared) -> bytes:
+    """The content digest ``p`` would have with its personal fields unsealed."""
+    data = p.event.data.model_dump(mode="json", exclude_none=True)
+    return content_digest(
+        event_id=p.event.id,
+        stream_id=p.stream_id,
+        type=p.event.type,
+        schema_version=p.event.schema_version,
+        occurred_at=p.event.occurred_at,
+        data=orjson.Fragment(_stored_json(data)),
+    )
 
 
 def _result(

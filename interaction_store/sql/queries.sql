@@ -82,13 +82,15 @@ RETURNING event_id, position, stream_version
 -- name: stored_events --
 -- The events of a batch that are already stored: the idempotency check after a collision.
 -- shredded: whether a key its personal fields were sealed under is gone (erasure or
--- retention), so that its content can no longer be compared.
+-- retention), so that its content can no longer be compared; sealed: whether it was
+-- stored sealed at all.
 SELECT e.event_id, e.position, e.stream_id, e.stream_version, e.content_digest,
        EXISTS (SELECT FROM data_keys AS k
                 WHERE k.key IS NULL
                   AND k.key_id IN ((e.payload->'sealed'->'identity'->>'key')::bigint,
                                    (e.payload->'sealed'->'content'->>'period_key')::bigint))
-           AS shredded
+           AS shredded,
+       e.payload ? 'sealed' AS sealed
   FROM events AS e
  WHERE e.event_id = ANY (%(event_ids)b::uuid[])
 

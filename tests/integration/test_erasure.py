@@ -505,6 +505,12 @@ def test_an_erased_customer_reads_erased_as_of_any_time(store: Store) -> None:
     assert summary.profile is not None
     assert summary.profile.erased_at is not None
     assert (summary.identities, items) == ([], [])
+    # The customer merged into it too, though the erasure purged that merge: unknown now,
+    # and unknown then.
+    with store.pool.connection() as conn:
+        assert views.find_customer_read("cu-canary-old").run(conn) is None
+        with as_of(conn, before, "cu-canary-old", sealer=store.sealer):
+            assert views.find_customer_read("cu-canary-old").run(conn) is None
 
 
 def test_an_erasure_waits_for_a_link_an_open_transaction_hides(

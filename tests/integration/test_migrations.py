@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0008_privacy"
+HEAD = "0009_erasures"
 
 
 def tables(url: str) -> set[str]:

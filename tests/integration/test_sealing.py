@@ -13,14 +13,16 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from interaction_store.audit.replay import replay
 from interaction_store.audit.verify import verify
 from interaction_store.cli import cli
+from interaction_store.db import open_pool
 from interaction_store.demo import generate
 from interaction_store.events import parse_events, with_conversation
-from interaction_store.exceptions import ConfigurationError
+from interaction_store.exceptions import ConfigurationError, IdempotencyConflict
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.shredding import apply_retention
 from interaction_store.store import Store
@@ -60,6 +62,22 @@ def test_a_retried_sealed_append_is_the_same_event(store: Store) -> None:
     again = store.append_batch([event])
     assert again.already_present == 1
     assert again.events[0].position == first.events[0].position
+
+
+def test_an_event_stored_unsealed_is_the_same_event_delivered_again_sealed(
+    pool: ConnectionPool[Any], store: Store
+) -> None:
+    """Events stored as given (before sealing, or by a store that does not seal) are still
+    recognised when they come again, sealed; other content under their id still conflicts."""
+    event = email(2, subject="private", body="the body", external_id="m-old")
+    plain = Store(pool, seal_personal_data=False)
+    first = plain.append_batch([event])
+    plain.close()
+    again = store.append_batch([event])
+    assert (again.already_present, again.events[0].position) == (1, first.events[0].position)
+    with pytest.raises(IdempotencyConflict):
+        store.append_batch([{**event, "data": {**event["data"], "body": "another body"}}])
+    assert len(store.read_all()) == 1
 
 
 def test_the_configured_privacy_key_must_be_the_one_the_data_was_sealed_with(
@@ -167,6 +185,30 @@ def test_retention_shreds_only_the_months_older_than_their_channels_period(
     assert (again.keys, again.events) == (0, 0)  # nothing left to shred
     reimported = store.append_batch([JANUARY])  # the same mail, imported again
     assert reimported.already_present == 1
+
+
+def test_retention_counts_months_in_utc_whatever_the_time_zone_of_the_server(
+    database_url: str,
+) -> None:
+    """A month's content is kept until the month ended, in UTC, a whole period ago, on a
+    server whose sessions run east of UTC too."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        name = sql.Identifier(conn.info.dbname)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET timezone = 'Asia/Tokyo'").format(name))
+    with open_pool(database_url, min_size=1, max_size=2) as pool:  # new sessions: Tokyo
+        store = Store(pool)
+        late = {**email(0, subject="late january", external_id="m-late"),
+                "occurred_at": "2026-01-31T20:00:00+00:00"}  # fmt: skip
+        store.append_batch([late])
+        ProjectionRunner(store, all_projections()).catch_up()
+        periods = {"email": timedelta(days=1)}
+        day_after = datetime(2026, 2, 1, 16, 0, tzinfo=UTC)  # 20 h after the mail
+        assert apply_retention(store, periods, now=day_after, wait=1.0).keys == 0
+        assert timeline_rows(database_url)["m-late"][0] == "late january"
+        two_days_after = datetime(2026, 2, 2, 0, 1, tzinfo=UTC)  # January ended a day ago
+        assert apply_retention(store, periods, now=two_days_after, wait=1.0).keys == 1
+        assert timeline_rows(database_url)["m-late"][0] == "[erased]"
+        store.close()
 
 
 def test_retention_apply_from_the_command_line(store: Store, database_url: str) -> None:
