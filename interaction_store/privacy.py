@@ -56,6 +56,7 @@ __all__ = [
     "PERIOD_OWNER",
     "PLACEHOLDER",
     "PLACEHOLDER_PREFIX",
+    "RETENTION_LOCK",
     "SHREDDING_LOCK",
     "Keyring",
     "KeysShredded",
@@ -98,6 +99,11 @@ _CUSTOMER_TYPES: Final = frozenset(
 _TOKEN_BYTES: Final = 16
 #: The advisory lock appends that seal take shared and shredding takes exclusively.
 SHREDDING_LOCK: Final = 4936157270312945623
+#: The advisory lock retention takes exclusively, and rebuilds and replays hold shared
+#: while they copy the views from the log: a copy made from content read before its keys
+#: went would bring the content back when swapped in, and retention leaves no event in the
+#: log for the copy's catch-up to redact it by.
+RETENTION_LOCK: Final = 4936157270312945624
 #: The owner of the channel-and-month keys, which belong to no one identity.
 PERIOD_OWNER: Final = bytes(_TOKEN_BYTES)
 _IDENTITY_NONCE: Final = bytes(12)

@@ -23,7 +23,7 @@ import psycopg
 
 from interaction_store import views
 from interaction_store.exceptions import DatabaseError
-from interaction_store.privacy import PERIOD_OWNER, PLACEHOLDER, SHREDDING_LOCK
+from interaction_store.privacy import PERIOD_OWNER, PLACEHOLDER, RETENTION_LOCK, SHREDDING_LOCK
 from interaction_store.projections.timeline import provisional_customer_id, refresh_content
 from interaction_store.store import EVENT_COLUMNS, Store
 
@@ -232,6 +232,9 @@ def apply_retention(
     shredded: dict[str, list[int]] = {}
     with store.pool.connection() as conn, conn.transaction():
         if not dry_run:
+            # After any rebuild or replay under way (whose copies of the views hold what
+            # these keys sealed) and before any new one; then no seal with them commits.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (RETENTION_LOCK,))
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SHREDDING_LOCK,))
         for channel, period in sorted(periods.items()):
             cutoff = now - period

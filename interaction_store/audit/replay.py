@@ -19,7 +19,12 @@ import psycopg
 from psycopg import sql
 
 from interaction_store.projections import all_projections
-from interaction_store.projections.rebuild import _Build, _create_copies, _live_schema
+from interaction_store.projections.rebuild import (
+    _Build,
+    _create_copies,
+    _live_schema,
+    copying_views,
+)
 from interaction_store.projections.runner import Projection
 from interaction_store.store import Checkpoint, Store
 
@@ -77,6 +82,20 @@ def _replay_one(
 ) -> None:
     shadow = f"replay_{projection.name}"
     live = _live_schema(conn, projection.tables)
+    with copying_views(conn):
+        _replay_into(store, projection, conn, shadow, live, batch_size, progress, report)
+
+
+def _replay_into(
+    store: Store,
+    projection: Projection,
+    conn: psycopg.Connection[Any],
+    shadow: str,
+    live: str,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    report: ReplayReport,
+) -> None:
     try:
         _create_copies(conn, live, shadow, projection.tables)
         build = _Build(store, projection, conn, live, shadow, batch_size, progress)

@@ -16,19 +16,21 @@ as the live runner would have parked it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from interaction_store.privacy import RETENTION_LOCK
 from interaction_store.projections.runner import Projection, batch_settings
 from interaction_store.store import Checkpoint, RecordedEvent, Store
 
-__all__ = ["RebuildError", "RebuildResult", "rebuild"]
+__all__ = ["RebuildError", "RebuildResult", "copying_views", "rebuild"]
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 #: The table part of ``pg_get_indexdef``: "CREATE INDEX name ON schema.table USING ...".
@@ -88,6 +90,25 @@ def _rebuild(
     if not (locked and locked[0]):
         raise RebuildError(f"a rebuild of {projection.name} is already running")
     try:
+        with copying_views(conn):
+            return _rebuild_locked(store, projection, conn, shadow, batch_size, progress, started)
+    finally:
+        conn.execute(
+            "SELECT pg_advisory_unlock(hashtext('interaction-store rebuild'), hashtext(%s))",
+            (projection.name,),
+        )
+
+
+def _rebuild_locked(
+    store: Store,
+    projection: Projection,
+    conn: psycopg.Connection[Any],
+    shadow: str,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    started: float,
+) -> RebuildResult:
+    try:
         live = _live_schema(conn, projection.tables)
         _create_copies(conn, live, shadow, projection.tables)
         build = _Build(store, projection, conn, live, shadow, batch_size, progress)
@@ -105,13 +126,19 @@ def _rebuild(
             build.checkpoint,
         )
     finally:
-        try:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
-        finally:
-            conn.execute(
-                "SELECT pg_advisory_unlock(hashtext('interaction-store rebuild'), hashtext(%s))",
-                (projection.name,),
-            )
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
+
+
+@contextlib.contextmanager
+def copying_views(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Hold the retention lock shared (on ``conn``, in autocommit) while copies of the views
+    are made from the log: a retention run waits for the copy to be done, and a copy waits
+    for a retention run to have shredded its keys (see ``RETENTION_LOCK``)."""
+    conn.execute("SELECT pg_advisory_lock_shared(%s)", (RETENTION_LOCK,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock_shared(%s)", (RETENTION_LOCK,))
 
 
 def _live_schema(conn: psycopg.Connection[Any], tables: Sequence[str]) -> str:

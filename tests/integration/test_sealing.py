@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,8 @@ from interaction_store.demo import generate
 from interaction_store.events import parse_events, with_conversation
 from interaction_store.exceptions import ConfigurationError, IdempotencyConflict
 from interaction_store.projections import ProjectionRunner, all_projections
+from interaction_store.projections.rebuild import rebuild
+from interaction_store.projections.timeline import TimelineProjection
 from interaction_store.shredding import apply_retention
 from interaction_store.store import Store
 from tests.helpers import email, park_failures, parked_errors
@@ -209,6 +212,36 @@ def test_retention_counts_months_in_utc_whatever_the_time_zone_of_the_server(
         assert apply_retention(store, periods, now=two_days_after, wait=1.0).keys == 1
         assert timeline_rows(database_url)["m-late"][0] == "[erased]"
         store.close()
+
+
+def test_retention_waits_for_a_rebuild_under_way_whose_copy_holds_the_content(
+    store: Store, database_url: str
+) -> None:
+    """A rebuild copies the views from the log; retention leaves no event for the copy to
+    redact by, so it waits for the copy to be swapped in and then redacts it."""
+    retention_history(store)
+    periods = {"email": timedelta(days=90)}
+    runs: list[threading.Thread] = []
+    reports = []
+
+    def retain() -> None:
+        reports.append(apply_retention(store, periods, now=NOW))
+
+    def progress(applied: int) -> None:
+        if not runs:  # the copy has January's content by now
+            runs.append(threading.Thread(target=retain))
+            runs[0].start()
+            runs[0].join(timeout=1.0)
+            assert runs[0].is_alive()  # waiting for the rebuild
+
+    rebuild(store, TimelineProjection(), batch_size=1, progress=progress)
+    runs[0].join(timeout=30)
+    [report] = reports
+    assert report.channels[0].keys == 2
+    rows = timeline_rows(database_url)
+    assert rows["m-jan"][:2] == ("[erased]", "[erased]")
+    assert rows["m-nov"][:2] == ("recent subject", "recent body")
+    assert replay(store).identical
 
 
 def test_retention_apply_from_the_command_line(store: Store, database_url: str) -> None:
