@@ -219,13 +219,14 @@ def _first_seen(conn: psycopg.Connection[Any], sights: Sequence[tuple[Any, ...]]
         return
     with conn.cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO identities AS i (kind, token, value, customer_id, confidence, reason,"
-            " position) VALUES (%s, %s, %s, %s, 'provisional', 'first seen', %s)"
+            "INSERT INTO identities AS i (kind, token, value, customer_id, home, confidence,"
+            " reason, position) VALUES (%s, %s, %s, %s, %s, 'provisional', 'first seen', %s)"
             " ON CONFLICT (kind, token) DO UPDATE SET value = excluded.value WHERE "
             + READABLE_AGAIN,
             [
-                (kind, token, value, provisional_customer_id(kind, token), p)
+                (kind, token, value, home, home, p)
                 for p, kind, token, value in sights
+                for home in [provisional_customer_id(kind, token)]
             ],
         )
 

@@ -182,10 +182,10 @@ def _interactions(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]
         ]
         conn.execute(
             """
-            INSERT INTO identities AS i (kind, token, value, customer_id, confidence, reason,
-                                         position)
-            SELECT r.kind, r.token, r.value, r.customer_id, 'provisional', 'first seen',
-                   r.position
+            INSERT INTO identities AS i (kind, token, value, customer_id, home, confidence,
+                                         reason, position)
+            SELECT r.kind, r.token, r.value, r.customer_id, r.customer_id, 'provisional',
+                   'first seen', r.position
               FROM jsonb_to_recordset(%s::jsonb)
                    AS r(kind text, token text, value text, customer_id text, position bigint)
             ON CONFLICT (kind, token) DO UPDATE SET value = excluded.value
@@ -331,6 +331,7 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
                 "token": token,
                 "value": contact["value"],
                 "customer_id": data["customer_id"],
+                "home": provisional_customer_id(key[0], token),
                 "position": event.position,
                 **how,
             }
@@ -340,12 +341,12 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
         """
         WITH given AS (
             SELECT * FROM jsonb_to_recordset(%s::jsonb) AS g(
-                kind text, token text, value text, customer_id text, confidence text,
-                reason text, source text, position bigint)
+                kind text, token text, value text, customer_id text, home text,
+                confidence text, reason text, source text, position bigint)
         ), linked AS (
-            INSERT INTO identities AS i (kind, token, value, customer_id, confidence, reason,
-                                         source, position)
-            SELECT kind, token, value, customer_id, confidence, reason, source, position
+            INSERT INTO identities AS i (kind, token, value, customer_id, home, confidence,
+                                         reason, source, position)
+            SELECT kind, token, value, customer_id, home, confidence, reason, source, position
               FROM given
             ON CONFLICT (kind, token) DO UPDATE
                SET customer_id = excluded.customer_id, confidence = excluded.confidence,
@@ -365,6 +366,28 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
         _reattribute_contact(conn, kind, token)
         if before == provisional_customer_id(kind, token):
             _follow(conn, before, after)
+    # A contact linked to another contact's provisional customer after a customer claimed
+    # that contact (the linker had not seen the claim yet) follows it there at once, as it
+    # would have at the claim: the graph is the same however the events were batched.
+    homes = [
+        {"kind": g["kind"], "token": g["token"], "customer_id": g["customer_id"]}
+        for g in last.values()
+        if is_provisional(g["customer_id"]) and g["customer_id"] != g["home"]
+    ]
+    if homes:
+        followed = conn.execute(
+            """
+            UPDATE identities AS i SET customer_id = claimed.customer_id
+              FROM jsonb_to_recordset(%s::jsonb) AS g(kind text, token text, customer_id text)
+                   JOIN identities AS claimed
+                     ON claimed.home = g.customer_id AND claimed.customer_id <> claimed.home
+             WHERE i.kind = g.kind AND i.token = g.token AND i.customer_id = g.customer_id
+            RETURNING i.kind, i.token
+            """,
+            (orjson.dumps(homes).decode(),),
+        ).fetchall()
+        for kind, token in followed:
+            _reattribute_contact(conn, kind, token)
 
 
 def _purge(

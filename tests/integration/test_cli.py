@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from interaction_store.cli import cli
 from interaction_store.demo import generate, story
 from tests.helpers import count_events, sms
+from tests.integration.test_migrations import HEAD
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_generate_writes_ndjson(run) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_migrate_and_db_url_with_a_configured_database(run, database_url) -> None:  # type: ignore[no-untyped-def]
-    assert "0008_privacy -> 0008_privacy" in run("migrate").output
+    assert f"{HEAD} -> {HEAD}" in run("migrate").output
     assert run("db", "url").output.strip() == database_url
     assert "configured" in run("db", "status").output
 

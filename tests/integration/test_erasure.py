@@ -494,6 +494,49 @@ def test_a_visitor_linked_to_a_contacts_provisional_customer_is_erased_with_it(
     assert link.data["contact"]["value"].startswith("erased-")
 
 
+def test_a_visitor_linked_to_an_address_claimed_meanwhile_follows_it_too(
+    store: Store, database_url: str
+) -> None:
+    """The connector linked the visitor to the address's provisional customer before the
+    views showed the customer who claims the address: the visitor follows the address
+    all the same (as it would had both come in one batch), and is erased with it."""
+    runner = ProjectionRunner(store, all_projections())
+    store.append_batch([email(1, contact="email:walkin@example.com", external_id="w-1")])
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        token = store.sealer.keyring(conn).token("email:walkin@example.com").hex()
+    store.append_batch(
+        [{"type": "customer.registered", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": "cu-walkin", "contacts": ["email:walkin@example.com"]}}]
+    )  # fmt: skip
+    runner.catch_up()  # the claim is applied before the link is
+    store.append_batch(
+        [{"type": "customer.identity_linked", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": provisional_customer_id("email", token),
+                   "contact": "chat:visitor-secret-9"}},
+         {"type": "chat.message", "occurred_at": T0.isoformat(),
+          "data": {"contact": "chat:visitor-secret-9", "direction": "inbound",
+                   "external_id": "chat-9", "text": "I am the walk-in"}}]
+    )  # fmt: skip
+    runner.catch_up()
+    with psycopg.connect(database_url) as conn:
+        owners = dict(conn.execute("SELECT kind, customer_id FROM identities").fetchall())
+        [chat] = conn.execute("SELECT customer_id FROM timeline WHERE channel = 'chat'")
+    assert owners == {"email": "cu-walkin", "chat": "cu-walkin"}
+    assert chat == ("cu-walkin",)
+    live = snapshot(store)
+    rebuild_all(store, batch_size=1)  # one event at a time: every run boundary
+    assert snapshot(store) == live
+
+    assert erase(store, "cu-walkin").contacts == 2
+    runner.catch_up()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM identities").fetchone() == (0,)
+    [message] = [e for e in store.read_all() if e.data.get("external_id") == "chat-9"]
+    assert message.data["text"] == "[erased]"
+    assert replay(store).identical
+
+
 def test_an_erased_customer_reads_erased_as_of_any_time(store: Store) -> None:
     canary_history(store)
     before = store.head()

@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0009_erasures"
+HEAD = "0010_contact_homes"
 
 
 def tables(url: str) -> set[str]:
