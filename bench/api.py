@@ -20,6 +20,11 @@ so every rate it measures is lower).
   p99 under 50 ms.
 - Context: the routing context of a random customer. Target: p99 under 20 ms.
 - Appends: one new SMS per request. Target: at least 500 per second.
+
+Last, with the service stopped, the app is called directly in this process (no HTTP, no
+uvicorn): the microseconds of /healthz and of a timeline page through the whole app, and
+of the timeline's query alone on the app's async pool, which show where the timeline's
+share of the /healthz rate is decided.
 """
 
 from __future__ import annotations
@@ -198,6 +203,71 @@ def drive_wrk(
     }
 
 
+def in_process(url: str, key: str, customers: list[str], requests: int = 3000) -> dict[str, float]:
+    """Microseconds per request in this process, calling the app directly (no HTTP, no
+    uvicorn): /healthz and a timeline page through the whole app, and the timeline's query
+    alone on the app's async pool, best of three rounds. What a read costs beside the
+    framework, where the ratio to /healthz is decided."""
+    import asyncio
+
+    from interaction_store.api import create_app
+    from interaction_store.settings import Settings
+    from interaction_store.views import timeline_read
+
+    app = create_app(Settings(database_url=url), projector=False, sealer=False)
+    headers = [(b"authorization", f"Bearer {key}".encode()), (b"host", b"bench")]
+
+    async def call(path: str, query: bytes) -> int:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": query, "root_path": "", "headers": headers,
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
+        }  # fmt: skip
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            status = message.get("status", status)
+
+        await app(scope, receive, send)
+        return status
+
+    async def best(work: Any) -> float:
+        rounds = []
+        for _ in range(3):
+            began = time.perf_counter()
+            for i in range(requests):
+                await work(customers[i % len(customers)])
+            rounds.append((time.perf_counter() - began) / requests * 1e6)
+        return min(rounds)
+
+    async def run() -> dict[str, float]:
+        async with app.router.lifespan_context(app):
+            svc = app.state.service
+
+            async def query(customer: str) -> None:
+                async with svc.reads.connection() as conn:
+                    await timeline_read(customer, limit=50).run_async(conn)
+
+            async def timeline(customer: str) -> None:
+                assert await call(f"/v1/customers/{customer}/timeline", b"limit=50") == 200
+
+            async def healthz(customer: str) -> None:
+                assert await call("/healthz", b"") == 200
+
+            return {
+                "healthz_us": await best(healthz),
+                "timeline_us": await best(timeline),
+                "timeline_query_us": await best(query),
+            }
+
+    return asyncio.run(run())
+
+
 def _report(scenario: str, r: dict[str, float]) -> None:
     print(
         f"{scenario:<9} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
@@ -287,6 +357,12 @@ def main() -> None:
             results[scenario] = out.get()
             load_process.join()
             _report(scenario, results[scenario])
+        service.terminate()
+        service.wait(timeout=30)
+        service = None
+        print("in this process, the app called directly ...", flush=True)
+        costs = in_process(url, key, customers)
+        results["in_process"] = costs
     finally:
         if service is not None:
             service.terminate()
@@ -299,7 +375,10 @@ def main() -> None:
     print(
         f"\ntimeline: {ratio:.2f} of /healthz (target >= 0.40), p99 {timeline['p99_ms']:.1f} ms"
         f" (target < 50)\ncontext: p99 {context['p99_ms']:.1f} ms (target < 20)\n"
-        f"appends: {append['rps']:,.0f} single-event requests/s (target >= 500)"
+        f"appends: {append['rps']:,.0f} single-event requests/s (target >= 500)\n"
+        f"in-process, per request: /healthz {costs['healthz_us']:.0f} µs, timeline"
+        f" {costs['timeline_us']:.0f} µs, of which its query alone (async pool, rows)"
+        f" {costs['timeline_query_us']:.0f} µs"
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
