@@ -82,37 +82,24 @@ def _replay_one(
 ) -> None:
     shadow = f"replay_{projection.name}"
     live = _live_schema(conn, projection.tables)
-    with copying_views(conn):
-        _replay_into(store, projection, conn, shadow, live, batch_size, progress, report)
-
-
-def _replay_into(
-    store: Store,
-    projection: Projection,
-    conn: psycopg.Connection[Any],
-    shadow: str,
-    live: str,
-    batch_size: int,
-    progress: Callable[[int], None] | None,
-    report: ReplayReport,
-) -> None:
-    try:
-        _create_copies(conn, live, shadow, projection.tables)
-        build = _Build(store, projection, conn, live, shadow, batch_size, progress)
-        build.until = _live_checkpoint(conn, projection.name)
-        while build.next_batch():
-            pass
-        with conn.transaction():
-            # The live view cannot move now: catch up with where it went meanwhile.
-            build.until = _live_checkpoint(conn, projection.name, lock=True)
+    with copying_views(conn):  # retention waits for the copies (see RETENTION_LOCK)
+        try:
+            _create_copies(conn, live, shadow, projection.tables)
+            build = _Build(store, projection, conn, live, shadow, batch_size, progress)
+            build.until = _live_checkpoint(conn, projection.name)
             while build.next_batch():
                 pass
-            report.events = max(report.events, build.applied)
-            for table in projection.tables:
-                report.tables += 1
-                _compare(conn, projection.name, table, live, shadow, report)
-    finally:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
+            with conn.transaction():
+                # The live view cannot move now: catch up with where it went meanwhile.
+                build.until = _live_checkpoint(conn, projection.name, lock=True)
+                while build.next_batch():
+                    pass
+                report.events = max(report.events, build.applied)
+                for table in projection.tables:
+                    report.tables += 1
+                    _compare(conn, projection.name, table, live, shadow, report)
+        finally:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
 
 
 def _live_checkpoint(conn: psycopg.Connection[Any], name: str, *, lock: bool = False) -> Checkpoint:

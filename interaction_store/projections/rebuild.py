@@ -90,43 +90,33 @@ def _rebuild(
     if not (locked and locked[0]):
         raise RebuildError(f"a rebuild of {projection.name} is already running")
     try:
-        with copying_views(conn):
-            return _rebuild_locked(store, projection, conn, shadow, batch_size, progress, started)
+        with copying_views(conn):  # retention waits for the copies (see RETENTION_LOCK)
+            try:
+                live = _live_schema(conn, projection.tables)
+                _create_copies(conn, live, shadow, projection.tables)
+                build = _Build(store, projection, conn, live, shadow, batch_size, progress)
+                while build.next_batch():
+                    pass
+                for table in projection.tables:  # plans for the swap's catch-up and reads
+                    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(shadow, table)))
+                with conn.transaction():
+                    _swap(build)
+                return RebuildResult(
+                    projection.name,
+                    build.applied,
+                    len(build.parked),
+                    time.perf_counter() - started,
+                    build.checkpoint,
+                )
+            finally:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow))
+                )
     finally:
         conn.execute(
             "SELECT pg_advisory_unlock(hashtext('interaction-store rebuild'), hashtext(%s))",
             (projection.name,),
         )
-
-
-def _rebuild_locked(
-    store: Store,
-    projection: Projection,
-    conn: psycopg.Connection[Any],
-    shadow: str,
-    batch_size: int,
-    progress: Callable[[int], None] | None,
-    started: float,
-) -> RebuildResult:
-    try:
-        live = _live_schema(conn, projection.tables)
-        _create_copies(conn, live, shadow, projection.tables)
-        build = _Build(store, projection, conn, live, shadow, batch_size, progress)
-        while build.next_batch():
-            pass
-        for table in projection.tables:  # plans for the swap's catch-up and the first reads
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(shadow, table)))
-        with conn.transaction():
-            _swap(build)
-        return RebuildResult(
-            projection.name,
-            build.applied,
-            len(build.parked),
-            time.perf_counter() - started,
-            build.checkpoint,
-        )
-    finally:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
 
 
 @contextlib.contextmanager
