@@ -507,7 +507,11 @@ class Store:
                 )
                 continue
             meta = model.metadata.model_dump(mode="json", exclude_none=True)
-            metadata = _stored_json(meta)
+            try:
+                metadata = _stored_json(meta)
+            except (TypeError, ValueError) as exc:  # an integer beyond 64 bits, say
+                errors.append(FieldError(index, "metadata", f"is not JSON: {exc}"))
+                continue
             if b"\\u0000" in metadata:  # PostgreSQL's jsonb cannot hold one
                 errors.append(
                     FieldError(index, f"metadata.{_nul_path(meta)}", "contains a NUL character")

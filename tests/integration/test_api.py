@@ -130,6 +130,15 @@ def test_errors_are_problem_details(api: Api) -> None:
     assert invalid.status_code == 422
     fields = {(e["index"], e["field"]) for e in invalid.json()["errors"]}
     assert (1, "events[1].occurred_at") in fields
+    beyond_64_bits = client.post(
+        "/v1/events",
+        content=b'{"events": [{"type": "conversation.reopened", "occurred_at":'
+        b' "2026-11-02T09:00:00Z", "data": {"conversation_id": "cv-1"},'
+        b' "metadata": {"n": -11547412301046233088}}]}',
+        headers={**api.appender, "Content-Type": "application/json"},
+    )
+    assert beyond_64_bits.status_code == 422, beyond_64_bits.text
+    assert beyond_64_bits.json()["errors"][0]["field"] == "events[0].metadata"
     too_many = client.post(
         "/v1/events", json={"events": [sms(i) for i in range(51)]}, headers=api.appender
     )

@@ -348,6 +348,8 @@ def test_ids_are_uuids_and_stored_as_given(store: Store) -> None:
 def test_attributes_that_are_not_json_are_refused(store: Store, database_url: str) -> None:
     with pytest.raises(EventValidationError, match=r"events\[0\].data: is not JSON"):
         store.append("s-1", [sms(1, attributes={"huge": 2**70})])
+    with pytest.raises(EventValidationError, match=r"events\[1\].metadata: is not JSON"):
+        store.append("s-1", [sms(1), {**sms(2), "metadata": {"huge": -(2**70)}}])
     assert count_events(database_url) == 0
 
 
