@@ -367,27 +367,16 @@ def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> No
         if before == provisional_customer_id(kind, token):
             _follow(conn, before, after)
     # A contact linked to another contact's provisional customer after a customer claimed
-    # that contact (the linker had not seen the claim yet) follows it there at once, as it
-    # would have at the claim: the graph is the same however the events were batched.
-    homes = [
-        {"kind": g["kind"], "token": g["token"], "customer_id": g["customer_id"]}
+    # that contact (the linker had not seen the claim yet) goes to the claimer at once, with
+    # any contact that followed it there, as they all would have at the claim: the graph
+    # is the same however the events were batched.
+    targets = {
+        g["customer_id"]
         for g in last.values()
         if is_provisional(g["customer_id"]) and g["customer_id"] != g["home"]
-    ]
-    if homes:
-        followed = conn.execute(
-            """
-            UPDATE identities AS i SET customer_id = claimed.customer_id
-              FROM jsonb_to_recordset(%s::jsonb) AS g(kind text, token text, customer_id text)
-                   JOIN identities AS claimed
-                     ON claimed.home = g.customer_id AND claimed.customer_id <> claimed.home
-             WHERE i.kind = g.kind AND i.token = g.token AND i.customer_id = g.customer_id
-            RETURNING i.kind, i.token
-            """,
-            (orjson.dumps(homes).decode(),),
-        ).fetchall()
-        for kind, token in followed:
-            _reattribute_contact(conn, kind, token)
+    }
+    for target in sorted(targets):
+        _follow(conn, target, target)
 
 
 def _purge(
@@ -471,7 +460,11 @@ def refresh_content(conn: psycopg.Connection[Any], events: Sequence[RecordedEven
 def _follow(conn: psycopg.Connection[Any], provisional: str, owner: str) -> None:
     """Contacts linked to a contact's provisional customer (a chat visitor linked to the
     email it gave, before anyone claimed that email) belong to the person behind that
-    contact: when a customer claims it, they go along."""
+    contact: when a customer claims it, they go along, to where ``owner`` leads (see
+    ``_claimer``)."""
+    owner = _claimer(conn, owner)
+    if owner == provisional:
+        return
     followers = conn.execute(
         """
         UPDATE identities SET customer_id = %s
@@ -482,6 +475,22 @@ def _follow(conn: psycopg.Connection[Any], provisional: str, owner: str) -> None
     ).fetchall()
     for kind, token in followers:
         _reattribute_contact(conn, kind, token)
+
+
+def _claimer(conn: psycopg.Connection[Any], customer: str) -> str:
+    """Where a link to ``customer`` leads: a provisional customer whose own contact a
+    customer has claimed leads to that customer, and so on along a chain of such links."""
+    for _ in range(100):
+        if not is_provisional(customer):
+            break
+        row = conn.execute(
+            "SELECT customer_id FROM identities WHERE home = %s AND customer_id <> home",
+            (customer,),
+        ).fetchone()
+        if row is None:
+            break
+        customer = str(row[0])
+    return customer
 
 
 def _reattribute_contact(conn: psycopg.Connection[Any], kind: str, token: str) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -535,6 +536,59 @@ def test_a_visitor_linked_to_an_address_claimed_meanwhile_follows_it_too(
     [message] = [e for e in store.read_all() if e.data.get("external_id") == "chat-9"]
     assert message.data["text"] == "[erased]"
     assert replay(store).identical
+
+
+def _chat(n: int, visitor: str) -> dict[str, Any]:
+    return {"type": "chat.message", "occurred_at": (T0 + timedelta(minutes=n)).isoformat(),
+            "data": {"contact": f"chat:{visitor}", "direction": "inbound",
+                     "external_id": f"chat-{visitor}", "text": f"hi from {visitor}"}}  # fmt: skip
+
+
+def _graph(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    return dict(conn.execute("SELECT kind || ':' || value, customer_id FROM identities"))
+
+
+@pytest.mark.parametrize("separately", [True, False], ids=["a batch each", "one batch"])
+@pytest.mark.parametrize(
+    "order", [("x", "v", "claim"), ("x", "claim", "v"), ("claim", "x", "v"), ("v", "claim", "x")]
+)
+def test_a_chain_of_visitors_follows_the_address_to_its_claimer_in_any_order(
+    store: Store, database_url: str, order: tuple[str, ...], separately: bool
+) -> None:
+    """Visitor x linked to visitor v's provisional customer, v to the address's, and the
+    address claimed by cu-c: whatever the order and the batches, all three are cu-c's, in
+    the live views, in a rebuild and as of now, and all three are erased with cu-c."""
+    runner = ProjectionRunner(store, all_projections())
+    store.append_batch([email(1, contact="email:e@example.com", external_id="e-1"),
+                        _chat(2, "v"), _chat(3, "x")])  # fmt: skip
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        keyring = store.sealer.keyring(conn)
+        home_v = provisional_customer_id("chat", keyring.contact_token("chat", "v"))
+        home_e = provisional_customer_id("email", keyring.contact_token("email", "e@example.com"))
+    events = {
+        "x": {"type": "customer.identity_linked", "occurred_at": T0.isoformat(),
+              "data": {"customer_id": home_v, "contact": "chat:x"}},
+        "v": {"type": "customer.identity_linked", "occurred_at": T0.isoformat(),
+              "data": {"customer_id": home_e, "contact": "chat:v"}},
+        "claim": {"type": "customer.registered", "occurred_at": T0.isoformat(),
+                  "data": {"customer_id": "cu-c", "contacts": ["email:e@example.com"]}},
+    }  # fmt: skip
+    for batch in [[events[k]] for k in order] if separately else [[events[k] for k in order]]:
+        store.append_batch(batch)
+        runner.catch_up()
+    expected = {"email:e@example.com": "cu-c", "chat:v": "cu-c", "chat:x": "cu-c"}
+    with store.pool.connection() as conn:
+        assert _graph(conn) == expected
+        with as_of(conn, store.head(), sealer=store.sealer):
+            assert _graph(conn) == expected
+    live = snapshot(store)
+    rebuild_all(store, batch_size=2000)
+    assert snapshot(store) == live
+    assert erase(store, "cu-c").contacts == 3
+    runner.catch_up()
+    texts = [e.data["text"] for e in store.read_all() if e.type == "chat.message"]
+    assert texts == ["[erased]", "[erased]"]
 
 
 def test_an_erased_customer_reads_erased_as_of_any_time(store: Store) -> None:
