@@ -282,8 +282,11 @@ def apply_retention(
 
 def _redact_dead_letters(conn: psycopg.Connection[Any], key_ids: list[int]) -> None:
     """Blank the error text of the dead letters of events sealed under ``key_ids``: a
-    projection's account of failing on an event can quote what it was given."""
+    projection's account of failing on an event can quote what it was given. The table is
+    locked against writes till the keys are gone, so that none is parked meanwhile with
+    the text; one parked later is blanked as it is written (``dead_letter_redacted``)."""
     if key_ids:
+        conn.execute("LOCK TABLE dead_letters IN SHARE ROW EXCLUSIVE MODE")
         conn.execute(
             """
             UPDATE dead_letters AS d SET error = %(placeholder)s

@@ -37,6 +37,7 @@ from interaction_store.db import open_pool
 from interaction_store.demo import generate
 from interaction_store.keys import create_key
 from interaction_store.projections import ProjectionRunner, all_projections
+from interaction_store.projections.rebuild import rebuild
 from interaction_store.projections.timeline import provisional_customer_id
 from interaction_store.settings import Settings
 from interaction_store.shredding import Erasure, ViewsBehind, erase
@@ -589,6 +590,46 @@ def test_a_chain_of_visitors_follows_the_address_to_its_claimer_in_any_order(
     runner.catch_up()
     texts = [e.data["text"] for e in store.read_all() if e.type == "chat.message"]
     assert texts == ["[erased]", "[erased]"]
+
+
+class _QuotingProjection:
+    """A projection that fails on every email, quoting its subject in the error."""
+
+    name = "quoting"
+    tables = ("quoting_seen",)
+
+    def apply(self, conn: psycopg.Connection[Any], events: Any) -> None:
+        for event in events:
+            if event.type == "email.received":
+                raise ValueError(f"cannot take the subject {event.data.get('subject')!r}")
+            conn.execute("INSERT INTO quoting_seen VALUES (%s)", (event.position,))
+
+
+def test_a_failure_parked_after_the_erasure_keeps_no_trace_of_the_event(
+    store: Store, database_url: str
+) -> None:
+    """A rebuild parks its failures when it swaps its copies in: one on an event erased
+    while the rebuild ran is written without the text it quoted."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE quoting_seen (position bigint)")
+    store.append_batch(
+        [{"type": "customer.registered", "occurred_at": T0.isoformat(),
+          "data": {"customer_id": "cu-a", "contacts": ["email:a@example.com"]}}]
+    )  # fmt: skip
+    store.append_batch([email(1, contact="email:a@example.com", subject=f"about {CANARY}")])
+    ProjectionRunner(store, all_projections()).catch_up()
+    erasures: list[Erasure] = []
+
+    def progress(applied: int) -> None:
+        if applied == 2 and not erasures:  # the email's failure is held, not yet parked
+            erasures.append(erase(store, "cu-a"))
+
+    rebuild(store, _QuotingProjection(), batch_size=1, progress=progress)  # type: ignore[arg-type]
+    assert erasures
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT projection, error FROM dead_letters").fetchall() == [
+            ("quoting", "[erased]")
+        ]
 
 
 def test_an_erased_customer_reads_erased_as_of_any_time(store: Store) -> None:

@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0010_contact_homes"
+HEAD = "0011_dead_letter_redaction"
 
 
 def tables(url: str) -> set[str]:
