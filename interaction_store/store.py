@@ -423,7 +423,9 @@ class Store:
                                 claimed.add(p.stream_id)
                                 wanted[p.stream_id] = expected.versions.get(p.stream_id)
                         try:
-                            sent.append(conn.execute(*_insert_statement(chunk, wanted)))
+                            sent.append(
+                                conn.execute(*_insert_statement(chunk, wanted, locked=True))
+                            )
                         except psycopg.Error as exc:  # an earlier chunk's result, refused
                             refused = exc
                 # Leaving the pipeline waited for every result.
@@ -816,7 +818,7 @@ def _append(
         try:
             if in_transaction:
                 with conn.transaction():  # a savepoint: a collision keeps the caller's work
-                    placed = _insert(conn, pending, expected)
+                    placed = _insert(conn, pending, expected, locked=True)
             else:
                 placed = _insert(conn, pending, expected)
             return _result(prepared, placed, present)
@@ -932,10 +934,14 @@ def _result(
 
 
 def _insert(
-    conn: psycopg.Connection[Any], prepared: list[_Prepared], expected: dict[str, int | None]
+    conn: psycopg.Connection[Any],
+    prepared: list[_Prepared],
+    expected: dict[str, int | None],
+    *,
+    locked: bool = False,
 ) -> dict[UUID, tuple[int, int]]:
     """Run the append statement once; the new events' (position, version) by id."""
-    return _placed(conn.execute(*_insert_statement(prepared, expected)))
+    return _placed(conn.execute(*_insert_statement(prepared, expected, locked=locked)))
 
 
 def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
@@ -943,7 +949,7 @@ def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
 
 
 def _insert_statement(
-    prepared: list[_Prepared], expected: dict[str, int | None]
+    prepared: list[_Prepared], expected: dict[str, int | None], *, locked: bool = False
 ) -> tuple[str, dict[str, Any]]:
     """The append statement for ``prepared`` and its parameters."""
     if len(prepared) == 1:
@@ -959,7 +965,7 @@ def _insert_statement(
             "metadata": p.metadata.decode(),
             "content_digest": p.content_digest,
             "metadata_digest": p.metadata_digest,
-            "keys": _keys_param([p]),
+            "keys": _keys_param([p], locked),
         }
     streams = sorted({p.stream_id for p in prepared})
     index = {stream: i for i, stream in enumerate(streams, start=1)}
@@ -978,19 +984,21 @@ def _insert_statement(
         for p in prepared
     ]
     return query("append_events"), {
-        "keys": _keys_param(prepared),
+        "keys": _keys_param(prepared, locked),
         "streams": streams,
         "expected": [expected.get(s) for s in streams],
         "events": orjson.dumps(rows).decode(),
     }
 
 
-def _keys_param(prepared: Sequence[_Prepared]) -> list[int] | None:
+def _keys_param(prepared: Sequence[_Prepared], locked: bool = False) -> list[int] | None:
     """What the append passes data_keys_live: the keys its events are sealed under, or
     nothing (no lock) when none is sealed and none is a customer event (whose links and
-    merges decide whom an erasure erases)."""
+    merges decide whom an erasure erases). A statement that is one of several in its
+    transaction (``locked``) takes the lock all the same: an erasure must not come between
+    it and a later one that seals under a key made after the erasure's."""
     keys = sorted({key_id for p in prepared for key_id in p.key_ids})
-    if keys or any(p.event.type.startswith("customer.") for p in prepared):
+    if keys or locked or any(p.event.type.startswith("customer.") for p in prepared):
         return keys
     return None
 

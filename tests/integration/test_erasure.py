@@ -472,6 +472,61 @@ def test_an_erasure_and_appends_that_need_new_keys_do_not_deadlock(
         other.close()
 
 
+def test_an_erasure_waits_for_a_transaction_that_appended_nothing_personal_yet(
+    pool: ConnectionPool[Any], store: Store
+) -> None:
+    """A transaction appends an event with nothing to seal, then the erased person's email:
+    the erasure must come before the transaction or after it, never between, where the
+    email would be sealed under a key made after the erasure's and read in the clear."""
+    canary_history(store)
+    runner = ProjectionRunner(store, all_projections(), poll_interval=0.05)
+    projector = threading.Thread(target=runner.run, daemon=True)
+    projector.start()
+    other = Store(pool)  # knows no key yet
+    first_done, erasing = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def transaction() -> None:
+        try:
+            with other.transaction() as tx:
+                tx.append("conversation-cv-t", [{"type": "conversation.reopened",
+                                                 "occurred_at": T0.isoformat(),
+                                                 "data": {"conversation_id": "cv-t"}}])  # fmt: skip
+                first_done.set()
+                erasing.wait(5)
+                time.sleep(0.3)  # the erasure would have committed by now, were it let
+                tx.append("conversation-cv-t", [email(32, contact=f"email:{ADDRESS}",
+                                                      body="late words", external_id="m-32",
+                                                      conversation_id="cv-t")])  # fmt: skip
+            outcome["transaction"] = "committed"
+        except Exception as exc:
+            outcome["transaction"] = repr(exc)
+
+    def erasure() -> None:
+        first_done.wait(5)
+        erasing.set()
+        try:
+            outcome["erasure"] = erase(store, "cu-canary", wait=20)
+        except Exception as exc:
+            outcome["erasure"] = repr(exc)
+
+    threads = [threading.Thread(target=transaction), threading.Thread(target=erasure)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in threads), outcome
+        assert outcome["transaction"] == "committed"
+        assert isinstance(outcome["erasure"], Erasure)
+    finally:
+        runner.stop()
+        projector.join(10)
+        other.close()
+    [late] = [e for e in store.read_all() if e.data.get("external_id") == "m-32"]
+    assert late.data["body"] == "[erased]"
+
+
 def test_a_visitor_linked_to_a_contacts_provisional_customer_is_erased_with_it(
     store: Store,
 ) -> None:
