@@ -9,7 +9,9 @@ zero would give, and an unmerge puts every event back where it was.
 
 One rule carries contacts along: a contact linked to another contact's provisional
 customer (a chat visitor linked to the email it gave, before any customer claimed that
-email) moves with that contact when a customer claims it.
+email) moves with that contact when a customer claims it, or goes straight to the claimer
+when the claim came first, along chains of such links. It is applied as if the links came
+one at a time, however they are batched, so rebuilds and ``as_of`` agree with the views.
 """
 
 from __future__ import annotations
@@ -301,13 +303,49 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
 
 
 def _links(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
-    """Apply a run of registrations and identity links: upsert the identities together,
-    then move the past interactions of the contacts that changed hands.
+    """Apply a run of registrations and identity links in parts that give what their links
+    would one at a time: a part ends where a contact comes again, and a link to another
+    contact's provisional customer is a part of its own (whom its contact follows depends
+    on the links before it)."""
+    part: list[RecordedEvent] = []
+    seen: set[tuple[str, str]] = set()
+    for event in events:
+        contacts = _linked(event)
+        alone = _to_another_contact(event, contacts)
+        if alone or seen.intersection(contacts):
+            _link_part(conn, part)
+            part, seen = [], set()
+        part.append(event)
+        seen.update(contacts)
+        if alone:
+            _link_part(conn, part)
+            part, seen = [], set()
+    _link_part(conn, part)
 
-    Within a run only the last link of a contact counts: nothing between the links reads
-    them. A contact never seen before has no interactions to move, since every interaction
-    naming no customer gave its contact an identity row when it was applied.
-    """
+
+def _to_another_contact(event: RecordedEvent, contacts: list[tuple[str, str]]) -> bool:
+    """Whether this links its contact to another contact's provisional customer."""
+    customer = str(event.data["customer_id"])
+    return (
+        event.type == "customer.identity_linked"
+        and is_provisional(customer)
+        and all(customer != provisional_customer_id(kind, token) for kind, token in contacts)
+    )
+
+
+def _linked(event: RecordedEvent) -> list[tuple[str, str]]:
+    """The (kind, token) of each contact a registration or an identity link names."""
+    data = event.data
+    registered = event.type == "customer.registered"
+    contacts = (data.get("contacts") or []) if registered else [data["contact"]]
+    return [(c["kind"], token) for c, token in zip(contacts, event.contact_tokens, strict=True)]
+
+
+def _link_part(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
+    """Upsert the identities of links naming distinct contacts together, then move the
+    past interactions of the contacts that changed hands. A contact never seen before has
+    no interactions to move, since every interaction naming no customer gave its contact
+    an identity row when it was applied."""
     if not events:
         return
     last: dict[tuple[str, str], dict[str, Any]] = {}
@@ -479,18 +517,23 @@ def _follow(conn: psycopg.Connection[Any], provisional: str, owner: str) -> None
 
 def _claimer(conn: psycopg.Connection[Any], customer: str) -> str:
     """Where a link to ``customer`` leads: a provisional customer whose own contact a
-    customer has claimed leads to that customer, and so on along a chain of such links."""
-    for _ in range(100):
-        if not is_provisional(customer):
-            break
+    customer has claimed leads to that customer, and so on along a chain of such links.
+    A chain that comes back on itself (x linked to v's provisional customer, v to x's)
+    leads nowhere: ``customer`` itself."""
+    seen = {customer}
+    found = customer
+    while is_provisional(found):
         row = conn.execute(
             "SELECT customer_id FROM identities WHERE home = %s AND customer_id <> home",
-            (customer,),
+            (found,),
         ).fetchone()
         if row is None:
             break
-        customer = str(row[0])
-    return customer
+        found = str(row[0])
+        if found in seen:
+            return customer
+        seen.add(found)
+    return found
 
 
 def _reattribute_contact(conn: psycopg.Connection[Any], kind: str, token: str) -> None:

@@ -687,6 +687,75 @@ def test_a_failure_parked_after_the_erasure_keeps_no_trace_of_the_event(
         ]
 
 
+def _link(customer: str, contact: str) -> dict[str, Any]:
+    return {"type": "customer.identity_linked", "occurred_at": T0.isoformat(),
+            "data": {"customer_id": customer, "contact": contact}}  # fmt: skip
+
+
+def _graphs(store: Store, seed: list[dict[str, Any]], then: Any, separately: bool) -> Any:
+    """The identity graph (contact: customer, provisional ones by their contact) live, as
+    of the head and rebuilt, after ``seed`` and then the events ``then(homes)`` gives."""
+    runner = ProjectionRunner(store, all_projections())
+    store.append_batch(seed)
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        keyring = store.sealer.keyring(conn)
+        homes = {
+            contact: provisional_customer_id(kind, keyring.contact_token(kind, value))
+            for contact in (e["data"]["contact"] for e in seed)
+            for kind, value in [contact.split(":", 1)]
+        }
+    events = then(homes)
+    for batch in [[e] for e in events] if separately else [events]:
+        store.append_batch(batch)
+        runner.catch_up()
+    named = {home: f"home of {contact}" for contact, home in homes.items()}
+    with store.pool.connection() as conn:
+        live = _graph(conn)
+        with as_of(conn, store.head(), sealer=store.sealer):
+            past = _graph(conn)
+    rebuild_all(store, batch_size=2000)
+    with store.pool.connection() as conn:
+        rebuilt = _graph(conn)
+    return [{k: named.get(v, v) for k, v in g.items()} for g in (live, past, rebuilt)]
+
+
+@pytest.mark.parametrize("separately", [True, False], ids=["a batch each", "one batch"])
+def test_a_cycle_of_visitors_linked_to_each_other_is_the_same_however_batched(
+    store: Store, separately: bool
+) -> None:
+    live, past, rebuilt = _graphs(
+        store,
+        [_chat(1, "x"), _chat(2, "v")],
+        lambda homes: [_link(homes["chat:v"], "chat:x"), _link(homes["chat:x"], "chat:v")],
+        separately,
+    )
+    assert live == past == rebuilt == {"chat:x": "home of chat:x", "chat:v": "home of chat:x"}
+
+
+@pytest.mark.parametrize("separately", [True, False], ids=["a batch each", "one batch"])
+def test_a_follower_stays_with_the_claimer_when_the_address_moves_on(
+    store: Store, separately: bool
+) -> None:
+    """y follows the address to cu-c, who claims it; the address then goes to cu-d, and y
+    stays with cu-c (it followed the person who claimed the address), however batched."""
+    live, past, rebuilt = _graphs(
+        store,
+        [email(1, contact="email:e@example.com", external_id="e-1"), _chat(2, "y")],
+        lambda homes: [
+            _link(homes["email:e@example.com"], "chat:y"),
+            {
+                "type": "customer.registered",
+                "occurred_at": T0.isoformat(),
+                "data": {"customer_id": "cu-c", "contacts": ["email:e@example.com"]},
+            },
+            _link("cu-d", "email:e@example.com"),
+        ],
+        separately,
+    )
+    assert live == past == rebuilt == {"email:e@example.com": "cu-d", "chat:y": "cu-c"}
+
+
 def test_an_erased_customer_reads_erased_as_of_any_time(store: Store) -> None:
     canary_history(store)
     before = store.head()
