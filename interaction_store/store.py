@@ -1021,9 +1021,12 @@ def _encode_expected(expected: ExpectedVersion) -> int | None:
         return None
     if expected is NO_STREAM:
         return -1
-    if isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0:
+    if isinstance(expected, int) and not isinstance(expected, bool) and 0 <= expected < 2**63:
         return expected
-    raise ValueError(f"expected_version must be ANY, NO_STREAM or a version >= 0, not {expected!r}")
+    raise ValueError(
+        "expected_version must be ANY, NO_STREAM or a version from 0 to 2**63 - 1,"
+        f" not {expected!r}"
+    )
 
 
 _STREAM_ID = re.compile(rf"[^\s]{{1,{_STREAM_ID_MAX}}}")

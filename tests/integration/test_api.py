@@ -211,6 +211,20 @@ def test_stream_appends_check_the_expected_version(api: Api) -> None:
     )
     assert stale.status_code == 409
     assert (stale.json()["expected"], stale.json()["actual"]) == (0, 1)
+    beyond = api.client.post(  # JSON reads it as an integer; PostgreSQL's bigint cannot
+        url,
+        json={"events": [sms(3, conversation_id="c-9")], "expected_version": 2**63},
+        headers=api.appender,
+    )
+    assert beyond.status_code == 422, beyond.text
+    assert beyond.json()["errors"][0]["field"] == "expected_version"
+    nul_key = api.client.post(
+        "/v1/events",
+        json={"events": [sms(4)]},
+        headers={**api.appender, "Idempotency-Key": "a\x00b"},
+    )
+    assert nul_key.status_code == 422, nul_key.text
+    assert nul_key.json()["errors"][0]["field"] == "Idempotency-Key"
     read = api.client.get("/v1/streams/conversation-c-9", headers=api.auditor)
     assert [e["stream_version"] for e in read.json()["events"]] == [1]
     assert api.client.get("/v1/streams/conversation-c-9", headers=api.reader).status_code == 403

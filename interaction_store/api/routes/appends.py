@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from interaction_store.api.app import Service
-from interaction_store.api.deps import Appender, PathId, Svc
+from interaction_store.api.deps import MAX_POSITION, Appender, PathId, Svc
 from interaction_store.api.models import AppendAnswer, problems
 from interaction_store.api.problems import Problem
 from interaction_store.keys import ApiKey
@@ -110,8 +110,14 @@ async def _append_once(
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is None:
         return append_answer(counted(request, await run_in_threadpool(append)))
-    if not 1 <= len(idempotency_key) <= 255:
-        raise Problem(422, "Invalid request", "Idempotency-Key: 1 to 255 characters")
+    if not 1 <= len(idempotency_key) <= 255 or "\x00" in idempotency_key:
+        reason = "1 to 255 characters, none of them NUL"
+        raise Problem(
+            422,
+            "Invalid request",
+            f"Idempotency-Key: {reason}",
+            errors=[{"field": "Idempotency-Key", "reason": reason}],
+        )
     fingerprint = hashlib.sha256(request.url.path.encode() + b"\0" + body).digest()
     claimed, stored = await run_in_threadpool(
         _claim_idempotency_key, svc, key.key_id, idempotency_key, fingerprint
@@ -251,14 +257,15 @@ async def append_to_stream(
         expected = ANY
     elif raw == "no_stream":
         expected = NO_STREAM
-    elif isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+    elif isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_POSITION:
         expected = raw
     else:
+        reason = f"any, no_stream or an integer from 0 to {MAX_POSITION}"
         raise Problem(
             422,
             "Invalid request",
-            "expected_version: any, no_stream or a version (0 or more)",
-            errors=[{"field": "expected_version", "reason": "any, no_stream or an integer ≥ 0"}],
+            f"expected_version: {reason}",
+            errors=[{"field": "expected_version", "reason": reason}],
         )
     return await _append_once(
         request, svc, key, body, lambda: svc.store.append(stream_id, events, expected)
