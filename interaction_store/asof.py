@@ -209,9 +209,19 @@ def _apply(
     timeline: TimelineProjection,
     customers: CustomersProjection,
 ) -> None:
-    if events:
-        timeline.apply(conn, events)
-        customers.apply(conn, events)
+    """Apply a run to each projection as a rebuild does: an event one of them cannot
+    apply (a merge that would make a cycle, which the projector parked as a dead letter)
+    is passed over by that one."""
+    if not events:
+        return
+    for projection in (timeline, customers):
+        try:
+            with conn.transaction():  # a savepoint
+                projection.apply(conn, events)
+        except Exception:
+            for event in events:  # the event at fault, found and passed over
+                with contextlib.suppress(Exception), conn.transaction():
+                    projection.apply(conn, [event])
 
 
 def _first_seen(conn: psycopg.Connection[Any], sights: Sequence[tuple[Any, ...]]) -> None:

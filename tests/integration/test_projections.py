@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from interaction_store.asof import as_of
 from interaction_store.projections import ProjectionRunner, TimelineProjection, all_projections
 from interaction_store.projections.timeline import provisional_customer_id
 from interaction_store.store import RecordedEvent, Store
@@ -213,3 +214,12 @@ def test_merges_may_be_repeated_and_retargeted_but_never_cycle(
         assert len(timeline(conn, "cu-r")) == 2
     assert merges == [("cu-s", "cu-t"), ("cu-t", "cu-r")]
     assert parked == [("ValueError: cu-s is merged into cu-r: merging would make a cycle",)]
+    # Looking back passes over the parked merge as the views did, and agrees with them.
+    with store.pool.connection() as conn, as_of(conn, store.head(), sealer=store.sealer):
+        assert (
+            conn.execute(
+                "SELECT source_customer_id, target_customer_id FROM customer_merges ORDER BY 1"
+            ).fetchall()
+            == merges
+        )
+        assert len(timeline(conn, "cu-r")) == 2
