@@ -40,6 +40,7 @@ from interaction_store.identity import ContactKind, normalise_contact, parse_con
 __all__ = [
     "CATALOGUE",
     "EVENT_NAMESPACE",
+    "NOT_BLANK_OR_CONTROL",
     "Attachment",
     "CallCompleted",
     "CallData",
@@ -82,8 +83,14 @@ __all__ = [
 #: Namespace of the UUIDv5 ids derived from a source's natural key.
 EVENT_NAMESPACE = UUID("6f1c2b1e-8c1a-5d4e-9b0a-3c9f1e2d7a10")
 
+#: No white space and no control character: the same set in Python's ``re``, in pydantic's
+#: (Rust) regular expressions and in JSON Schema's (the store checks stream ids with it).
+NOT_BLANK_OR_CONTROL = r"[^\s\x00-\x1f\x7f-\x9f]"
 Identifier = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^\S+$")
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=rf"^{NOT_BLANK_OR_CONTROL}+$"
+    ),
 ]
 CustomerId: TypeAlias = Identifier
 ConversationId: TypeAlias = Identifier

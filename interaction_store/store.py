@@ -46,6 +46,7 @@ from interaction_store.audit.chain import (
 )
 from interaction_store.events import (
     CATALOGUE,
+    NOT_BLANK_OR_CONTROL,
     EventBase,
     parse_events,
     stream_for,
@@ -1029,11 +1030,13 @@ def _encode_expected(expected: ExpectedVersion) -> int | None:
     )
 
 
-_STREAM_ID = re.compile(rf"[^\s]{{1,{_STREAM_ID_MAX}}}")
+_STREAM_ID = re.compile(rf"{NOT_BLANK_OR_CONTROL}{{1,{_STREAM_ID_MAX}}}")
 
 
 def _valid_stream_id(stream_id: str) -> bool:
-    return stream_id.isprintable() and _STREAM_ID.fullmatch(stream_id) is not None
+    """No white space, no control character, as an id in an event (so every customer and
+    conversation names a stream it can have)."""
+    return _STREAM_ID.fullmatch(stream_id) is not None
 
 
 # How orjson writes the only numbers that JSONB gives back as other JSON: integral floats

@@ -339,6 +339,22 @@ def test_empty_batch_is_a_no_op(store: Store) -> None:
     assert store.head() == 0
 
 
+def test_ids_with_white_space_or_control_characters_are_refused(
+    store: Store, database_url: str
+) -> None:
+    """Such an id could not name its customer's stream: a customer "a\x1cb" would exist in
+    the views with no stream for its own events (its erasure among them)."""
+    for bad in ("a\x1cb", "a b", "a\x85b", "\x7f"):
+        registered = {"type": "customer.registered", "occurred_at": "2026-11-02T09:00:00Z",
+                      "data": {"customer_id": bad}}  # fmt: skip
+        with pytest.raises(EventValidationError, match=r"events\[0\]\.data\.customer_id"):
+            store.append_batch([registered])
+        with pytest.raises(EventValidationError, match=r"events\[0\]\.data\.customer_id"):
+            store.append_batch([sms(1, customer_id=bad)])
+    assert count_events(database_url) == 0
+    assert store.append_batch([sms(2, customer_id="cu-\u00e9t\u00e9")]).appended == 1
+
+
 def test_ids_are_uuids_and_stored_as_given(store: Store) -> None:
     event_id = uuid4()
     result = store.append("s-1", [{**sms(1), "id": str(event_id)}])
