@@ -31,7 +31,7 @@ from tests.integration.test_rebuild import rebuild_all
 EMAILS = ["email:e1@example.com", "email:e2@example.com", "email:e3@example.com"]
 CHATS = ["chat:v1", "chat:v2", "chat:v3"]
 CUSTOMERS = ["cu-1", "cu-2", "cu-3"]
-EXAMPLES = 25
+EXAMPLES = 12
 
 
 def _id(tag: str) -> str:
