@@ -421,13 +421,17 @@ def test_an_erasure_waits_for_the_views_and_refuses_them_behind(store: Store) ->
     assert erase(store, "cu-canary").contacts == 4  # the late link's address too
 
 
-def test_an_erasure_and_appends_that_need_new_keys_do_not_deadlock(
-    pool: ConnectionPool[Any], store: Store
+def _erase_between(
+    pool: ConnectionPool[Any],
+    store: Store,
+    first: list[dict[str, Any]],
+    then: list[dict[str, Any]],
+    stream: str,
 ) -> None:
-    """A transaction has sealed an append (it holds the shredding lock, shared), an erasure
-    waits for it, and the transaction then needs a new key: making the key must not wait
-    for the erasure, or neither would ever finish."""
-    canary_history(store)
+    """In one thread, a transaction of another store (which knows no key yet) appends
+    ``first``, waits till an erasure of cu-canary has started in a second thread, gives
+    it time to commit were it let, then appends ``then`` to ``stream``; a projector runs
+    meanwhile. Both must finish: the transaction committed, the erasure done."""
     runner = ProjectionRunner(store, all_projections(), poll_interval=0.05)
     projector = threading.Thread(target=runner.run, daemon=True)
     projector.start()
@@ -438,13 +442,11 @@ def test_an_erasure_and_appends_that_need_new_keys_do_not_deadlock(
     def transaction() -> None:
         try:
             with other.transaction() as tx:
-                tx.append("conversation-t-1", [email(30, contact=f"email:{ADDRESS}",
-                                                     external_id="m-30")])  # fmt: skip
+                tx.append(stream, first)
                 first_done.set()
                 erasing.wait(5)
                 time.sleep(0.3)  # the erasure is queued behind this transaction by now
-                tx.append("conversation-t-2", [email(31, contact="email:brand.new@example.com",
-                                                     external_id="m-31")])  # fmt: skip
+                tx.append(stream, then)
             outcome["transaction"] = "committed"
         except Exception as exc:
             outcome["transaction"] = repr(exc)
@@ -470,6 +472,26 @@ def test_an_erasure_and_appends_that_need_new_keys_do_not_deadlock(
         runner.stop()
         projector.join(10)
         other.close()
+
+
+def test_an_erasure_and_appends_that_need_new_keys_do_not_deadlock(
+    pool: ConnectionPool[Any], store: Store
+) -> None:
+    """A transaction has sealed an append (it holds the shredding lock, shared), an erasure
+    waits for it, and the transaction then needs a new key: making the key must not wait
+    for the erasure, or neither would ever finish."""
+    canary_history(store)
+    _erase_between(
+        pool,
+        store,
+        [email(30, contact=f"email:{ADDRESS}", external_id="m-30", conversation_id="t-1")],
+        [
+            email(
+                31, contact="email:brand.new@example.com", external_id="m-31", conversation_id="t-1"
+            )
+        ],
+        "conversation-t-1",
+    )
 
 
 def test_an_erasure_waits_for_a_transaction_that_appended_nothing_personal_yet(
@@ -479,50 +501,15 @@ def test_an_erasure_waits_for_a_transaction_that_appended_nothing_personal_yet(
     the erasure must come before the transaction or after it, never between, where the
     email would be sealed under a key made after the erasure's and read in the clear."""
     canary_history(store)
-    runner = ProjectionRunner(store, all_projections(), poll_interval=0.05)
-    projector = threading.Thread(target=runner.run, daemon=True)
-    projector.start()
-    other = Store(pool)  # knows no key yet
-    first_done, erasing = threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def transaction() -> None:
-        try:
-            with other.transaction() as tx:
-                tx.append("conversation-cv-t", [{"type": "conversation.reopened",
-                                                 "occurred_at": T0.isoformat(),
-                                                 "data": {"conversation_id": "cv-t"}}])  # fmt: skip
-                first_done.set()
-                erasing.wait(5)
-                time.sleep(0.3)  # the erasure would have committed by now, were it let
-                tx.append("conversation-cv-t", [email(32, contact=f"email:{ADDRESS}",
-                                                      body="late words", external_id="m-32",
-                                                      conversation_id="cv-t")])  # fmt: skip
-            outcome["transaction"] = "committed"
-        except Exception as exc:
-            outcome["transaction"] = repr(exc)
-
-    def erasure() -> None:
-        first_done.wait(5)
-        erasing.set()
-        try:
-            outcome["erasure"] = erase(store, "cu-canary", wait=20)
-        except Exception as exc:
-            outcome["erasure"] = repr(exc)
-
-    threads = [threading.Thread(target=transaction), threading.Thread(target=erasure)]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        assert not any(thread.is_alive() for thread in threads), outcome
-        assert outcome["transaction"] == "committed"
-        assert isinstance(outcome["erasure"], Erasure)
-    finally:
-        runner.stop()
-        projector.join(10)
-        other.close()
+    _erase_between(
+        pool,
+        store,
+        [{"type": "conversation.reopened", "occurred_at": T0.isoformat(),
+          "data": {"conversation_id": "cv-t"}}],
+        [email(32, contact=f"email:{ADDRESS}", body="late words", external_id="m-32",
+               conversation_id="cv-t")],
+        "conversation-cv-t",
+    )  # fmt: skip
     [late] = [e for e in store.read_all() if e.data.get("external_id") == "m-32"]
     assert late.data["body"] == "[erased]"
 
