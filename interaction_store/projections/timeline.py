@@ -335,10 +335,15 @@ def _to_another_contact(event: RecordedEvent, contacts: list[tuple[str, str]]) -
 
 def _linked(event: RecordedEvent) -> list[tuple[str, str]]:
     """The (kind, token) of each contact a registration or an identity link names."""
+    return [(contact["kind"], token) for contact, token in _contacts(event)]
+
+
+def _contacts(event: RecordedEvent) -> list[tuple[dict[str, str], str]]:
+    """Each contact a registration or an identity link names, with its token."""
     data = event.data
     registered = event.type == "customer.registered"
     contacts = (data.get("contacts") or []) if registered else [data["contact"]]
-    return [(c["kind"], token) for c, token in zip(contacts, event.contact_tokens, strict=True)]
+    return list(zip(contacts, event.contact_tokens, strict=True))
 
 
 def _link_part(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -> None:
@@ -348,22 +353,19 @@ def _link_part(conn: psycopg.Connection[Any], events: Sequence[RecordedEvent]) -
     an identity row when it was applied."""
     if not events:
         return
-    last: dict[tuple[str, str], dict[str, Any]] = {}
+    last: dict[tuple[str, str], dict[str, Any]] = {}  # a contact comes once (see _links)
     for event in events:
         data = event.data
         if event.type == "customer.registered":
-            contacts = data.get("contacts") or []
             how = {"confidence": "verified", "reason": "registered", "source": None}
         else:
-            contacts = [data["contact"]]
             how = {
                 "confidence": data.get("confidence", "verified"),
                 "reason": data.get("reason", ""),
                 "source": data.get("source"),
             }
-        for contact, token in zip(contacts, event.contact_tokens, strict=True):
+        for contact, token in _contacts(event):
             key = (contact["kind"], token)
-            last.pop(key, None)  # keep the order of the last links
             last[key] = {
                 "kind": key[0],
                 "token": token,
