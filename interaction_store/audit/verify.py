@@ -145,6 +145,42 @@ SELECT position, stream_id, stream_version, event_id::text, type, schema_version
 """
 
 
+_COVERED = "(e.transaction_id, e.position) <= (%(txid)s::text::xid8, %(position)s::bigint)"
+
+# How many versions below ``first`` a checkpoint covers, and the hash of the one before
+# ``first``: all of 1 to ``first`` - 1 are there when the count is ``first`` - 1.
+_COVERED_HEAD = f"""
+SELECT (SELECT count(*) FROM events AS e
+         WHERE e.stream_id = %(stream_id)s AND e.stream_version < %(first)s AND {_COVERED}),
+       e.hash
+  FROM events AS e
+ WHERE e.stream_id = %(stream_id)s AND e.stream_version = %(first)s - 1 AND {_COVERED}
+"""
+
+_COVERED_BELOW = f"""
+SELECT e.stream_version, e.position, e.hash, e.prev_hash
+  FROM events AS e
+ WHERE e.stream_id = %(stream_id)s AND e.stream_version < %(first)s AND {_COVERED}
+ ORDER BY e.stream_version
+"""
+
+
+# Each stream's first version after the checkpoint, with the versions the checkpoint
+# covers above that one (none, nearly always: one row with NULLs).
+_COVERED_ABOVE = f"""
+WITH firsts AS MATERIALIZED (
+    SELECT e.stream_id, min(e.stream_version) AS first
+      FROM events AS e
+     WHERE NOT {_COVERED}
+     GROUP BY e.stream_id
+)
+SELECT f.stream_id, f.first, e.stream_version, e.position, e.hash, e.prev_hash
+  FROM firsts AS f
+  LEFT JOIN events AS e
+    ON e.stream_id = f.stream_id AND e.stream_version > f.first AND {_COVERED}
+"""
+
+
 @functools.lru_cache(maxsize=4096)
 def _metadata_digest(text: str) -> bytes:
     """Metadata repeats from event to event (the connector's name): digested once."""
@@ -156,7 +192,8 @@ class _Chains:
 
     A stream's versions almost always commit in order; when one comes before the version
     it follows (two writers whose transactions began in one order and committed in the
-    other), it waits in ``early`` until that version has been checked.
+    other), it waits in ``early`` until that version has been checked. From a checkpoint,
+    a version it covers above one it does not waits in ``covered``.
     """
 
     def __init__(
@@ -168,6 +205,12 @@ class _Chains:
         self.fresh = after == ("0", 0)  # from the first event: streams start at version 1
         self.heads: dict[str, tuple[int, bytes]] = {}
         self.early: dict[tuple[str, int], tuple[Any, ...]] = {}
+        # From a checkpoint: each stream's first version after it, and the versions it
+        # covers above that one (see ``_covered``), stepped over as they are reached.
+        self.first: dict[str, int] = {}
+        self.covered: dict[tuple[str, int], tuple[int, bytes, bytes]] = {}
+        if not self.fresh:
+            self._covered()
         self.failed = False
 
     def add(self, row: tuple[Any, ...]) -> None:
@@ -182,28 +225,78 @@ class _Chains:
                 self._fail(row, f"version {version} comes again after version {head[0]}")
             return
         self._check(row, head[1])
-        while (
-            later := self.early.pop((stream_id, self.heads[stream_id][0] + 1), None)
-        ) is not None:
-            self._check(later, self.heads[stream_id][1])
+        while True:  # what waited for this version: covered versions, early ones
+            version, prev = self.heads[stream_id]
+            covered = self.covered.pop((stream_id, version + 1), None)
+            if covered is not None:
+                position, stored_hash, prev_hash = covered
+                self.heads[stream_id] = (version + 1, stored_hash)
+                if prev_hash != prev:
+                    self._fail(
+                        (position, stream_id),
+                        f"version {version + 1}: prev_hash is not the previous event's hash",
+                    )
+                continue
+            later = self.early.pop((stream_id, version + 1), None)
+            if later is None:
+                return
+            self._check(later, prev)
 
     def finish(self) -> None:
-        for (stream_id, version), row in sorted(self.early.items(), key=lambda i: i[1][0]):
+        waiting = [(row[0], key) for key, row in self.early.items()]
+        waiting += [(covered[0], key) for key, covered in self.covered.items()]
+        for position, (stream_id, version) in sorted(waiting):
             head = self.heads.get(stream_id, (0, ZERO_HASH))
-            self._fail(row, f"version {head[0] + 1} is missing (version {version} follows it)")
+            self._fail(
+                (position, stream_id),
+                f"version {head[0] + 1} is missing (version {version} follows it)",
+            )
+
+    def _covered(self) -> None:
+        """The versions the checkpoint covers above a stream's first version after it.
+
+        A checkpoint covers the transactions older than every one running when it was
+        sealed, so it can cover a stream's version 3 and not its version 2: two appenders
+        whose transactions began in one order and committed in the other, with a third
+        transaction open between them. Those versions are trusted, like the rest of what
+        the checkpoint covers, but each is still linked to the version before it.
+        """
+        params = {"txid": self.after[0], "position": self.after[1]}
+        rows = self.conn.execute(_COVERED_ABOVE, params).fetchall()
+        for stream_id, first, version, position, stored_hash, prev_hash in rows:
+            self.first[stream_id] = first
+            if version is not None:
+                self.covered[(stream_id, version)] = (
+                    position,
+                    bytes(stored_hash),
+                    bytes(prev_hash),
+                )
 
     def _start(self, stream_id: str, version: int) -> tuple[int, bytes]:
+        """The head a stream's chain resumes from: version 0, or, from a checkpoint, the
+        last of the versions it covers below the stream's first one after it (all of
+        them, 1 to that one, unless some were deleted)."""
         self.report.streams += 1
-        if self.fresh or version == 1:
-            head = (0, ZERO_HASH)
-        else:  # verifying from a checkpoint: the stream's part it covers is trusted
-            row = self.conn.execute(
-                "SELECT stream_version, hash FROM events WHERE stream_id = %s"
-                " AND (transaction_id, position) <= (%s::text::xid8, %s::bigint)"
-                " ORDER BY stream_version DESC LIMIT 1",
-                (stream_id, *self.after),
-            ).fetchone()
-            head = (int(row[0]), bytes(row[1])) if row is not None else (0, ZERO_HASH)
+        head = (0, ZERO_HASH)
+        first = self.first.get(stream_id, version)
+        if not self.fresh and first > 1:
+            params = {"stream_id": stream_id, "first": first}
+            params |= {"txid": self.after[0], "position": self.after[1]}
+            row = self.conn.execute(_COVERED_HEAD, params).fetchone()
+            if row is not None and row[0] == first - 1:
+                head = (first - 1, bytes(row[1]))
+            else:  # versions are missing below: the chain resumes below the gap
+                for version_, position, stored_hash, prev_hash in self.conn.execute(
+                    _COVERED_BELOW, params
+                ):
+                    if version_ == head[0] + 1:
+                        head = (version_, bytes(stored_hash))
+                    else:
+                        self.covered[(stream_id, version_)] = (
+                            position,
+                            bytes(stored_hash),
+                            bytes(prev_hash),
+                        )
         self.heads[stream_id] = head
         return head
 

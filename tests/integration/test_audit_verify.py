@@ -275,3 +275,45 @@ def test_verify_from_a_checkpoint_takes_versions_that_committed_out_of_order(
         report = verify(conn, KEY.public, from_checkpoint=first.checkpoint_id)
         conn.rollback()
     assert report.ok, report.failures
+
+
+@pytest.mark.parametrize("long_writes", [2, 3])
+def test_verify_from_a_checkpoint_that_covers_a_later_version_and_not_an_earlier_one(
+    store: Store, pool: ConnectionPool[Any], database_url: str, long_writes: int
+) -> None:
+    """A long transaction, begun first, appends version ``long_writes`` of a stream after
+    a younger one appended the version before it and committed; a third transaction,
+    begun between the two, is still open at the seal. The checkpoint covers the long
+    transaction's version and not the one before it: a healthy log, which verifies from
+    that checkpoint too; the version before it, deleted, is missed all the same."""
+    stream = "conversation-s"
+    if long_writes == 3:
+        store.append(stream, [sms(0)])
+    with psycopg.connect(database_url) as between:
+        with store.transaction() as long_tx:
+            long_tx.append("conversation-other", [sms(1)])  # the oldest transaction id
+            between.execute("SELECT pg_current_xact_id()")
+            younger = store.append(stream, [sms(2)]).events[0]  # commits at once
+            long_tx.append(stream, [sms(3)])
+        with pool.connection() as conn:  # the long transaction has committed
+            first = checkpoints.seal(conn, KEY)
+        between.rollback()
+    store.append(stream, [sms(4)])  # one more version, after the checkpoint
+    assert first is not None
+    with psycopg.connect(database_url) as conn:
+        covered = conn.execute(
+            "SELECT stream_version FROM events WHERE stream_id = %s AND position <> %s"
+            " AND (transaction_id, position) <= (split_part(%s, ':', 1)::xid8,"
+            " split_part(%s, ':', 2)::bigint) ORDER BY stream_version",
+            (stream, younger.position, first.last_read, first.last_read),
+        ).fetchall()
+        assert [v for (v,) in covered] == ([2] if long_writes == 2 else [1, 3])
+        assert verified(conn).ok
+        report = verify(conn, KEY.public, from_checkpoint=first.checkpoint_id)
+        assert report.ok, report.failures
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM events WHERE position = %s", (younger.position,))
+        report = verify(conn, KEY.public, from_checkpoint=first.checkpoint_id)
+        conn.rollback()
+    assert not report.ok
+    assert f"version {younger.stream_version} is missing" in report.failures[0].what
