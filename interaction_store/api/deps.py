@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from interaction_store.api.app import Service
 from interaction_store.api.problems import Problem
 from interaction_store.keys import ApiKey
+from interaction_store.projections import all_projections
 
 __all__ = [
     "MAX_POSITION",
@@ -165,19 +166,25 @@ async def _read_your_writes(
 Fresh = Depends(_read_your_writes)
 
 
+#: The views a read may come from: ``min_position`` waits for all of them, since the
+#: summary, the context and a conversation read other views than the timeline, and the
+#: views can be at different positions (a batch that failed is applied view by view).
+_VIEWS = tuple(projection.name for projection in all_projections())
+
+
 def wait_for_views(svc: Service, position: int) -> None:
-    """Read-your-writes: wait (bounded) until the timeline has applied ``position``."""
+    """Read-your-writes: wait (bounded) until every view has applied ``position``."""
     deadline = time.monotonic() + READ_YOUR_WRITES_WAIT
     while True:
         with svc.connection() as conn:
             row = conn.execute(
                 "SELECT %(p)s <= coalesce(pg_sequence_last_value("
                 "           pg_get_serial_sequence('events', 'position')), 0),"
-                " EXISTS (SELECT FROM events WHERE position = %(p)s)"
-                " AND (SELECT (transaction_id, position) FROM projection_checkpoints"
-                "      WHERE projection = 'timeline')"
-                "   >= (SELECT (transaction_id, position) FROM events WHERE position = %(p)s)",
-                {"p": position},
+                " (SELECT count(*) FROM projection_checkpoints AS c, events AS e"
+                "   WHERE e.position = %(p)s AND c.projection = ANY (%(views)s)"
+                "     AND (c.transaction_id, c.position) >= (e.transaction_id, e.position))"
+                " = cardinality(%(views)s)",
+                {"p": position, "views": list(_VIEWS)},
             ).fetchone()
         assert row is not None
         given_out, applied = row

@@ -14,7 +14,10 @@ from psycopg_pool import ConnectionPool
 from interaction_store.api import create_app
 from interaction_store.demo import story
 from interaction_store.keys import create_key, revoke_key
+from interaction_store.projections import ProjectionRunner, all_projections
+from interaction_store.projections.timeline import TimelineProjection
 from interaction_store.settings import Settings
+from interaction_store.store import Store
 from tests.helpers import email, sms
 
 
@@ -179,6 +182,33 @@ def test_read_your_writes_answers_503_while_the_views_are_behind(api: Api) -> No
     fresh = api.client.get(timeline, params={"min_position": body["position"]}, headers=api.reader)
     assert fresh.status_code == 200
     assert [i["position"] for i in fresh.json()["items"]] == [body["position"]]
+
+
+def test_read_your_writes_waits_for_every_view(
+    store: Store, pool: ConnectionPool[Any], database_url: str
+) -> None:
+    """The views can stand at different positions (a batch that failed is applied view
+    by view): the summary reads the customers' profiles, which the timeline being there
+    says nothing of."""
+    app = create_app(Settings(database_url=database_url), pool=pool, projector=False)
+    reader = bearer(create_key(pool, "reader", ["timeline:read"])[0])
+    store.append_batch([sms(0, customer_id="cu-1")])
+    ProjectionRunner(store, all_projections()).catch_up()
+    gold = {
+        "type": "customer.profile_updated",
+        "occurred_at": "2026-11-02T09:00:00+00:00",
+        "data": {"customer_id": "cu-1", "tier": "gold"},
+    }
+    position = store.append_batch([gold]).position
+    ProjectionRunner(store, [TimelineProjection()]).catch_up()  # the timeline alone
+    with TestClient(app) as client:
+        summary = "/v1/customers/cu-1"
+        late = client.get(summary, params={"min_position": position}, headers=reader)
+        assert late.status_code == 503, late.text
+        ProjectionRunner(store, all_projections()).catch_up()
+        fresh = client.get(summary, params={"min_position": position}, headers=reader)
+        assert fresh.status_code == 200
+        assert fresh.json()["profile"]["tier"] == "gold"
 
 
 def test_a_retried_append_answers_200_with_the_same_positions(api: Api) -> None:

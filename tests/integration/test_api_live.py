@@ -94,3 +94,39 @@ def test_live_timeline_resumes_after_a_disconnect_without_loss_or_repeats(
 
     unknown = httpx.get(f"{server}/v1/customers/cu-nobody/timeline/live", headers=auth)
     assert unknown.status_code == 404
+
+
+def test_each_live_timeline_is_one_read_in_the_access_log(
+    server: str, store: Store, pool: ConnectionPool[Any]
+) -> None:
+    key, _ = create_key(pool, "wallboard", ["timeline:read"])
+    auditor, _ = create_key(pool, "dpo", ["audit:read"])
+    auth = {"Authorization": f"Bearer {key}"}
+    first = store.append_batch([sms(0, customer_id="cu-live", conversation_id="c-live")])
+    assert store.wait_for(first.position, timeout=10)
+    url = f"{server}/v1/customers/cu-live/timeline/live"
+    store.append_batch([sms(1, customer_id="cu-live", conversation_id="c-live")])
+    resumed = read_events(url, {**auth, "Last-Event-ID": str(first.position)}, 1)
+    assert [item["snippet"] for _, item in resumed] == ["message 1"]
+    nobody = httpx.get(f"{server}/v1/customers/cu-nobody/timeline/live", headers=auth)
+    assert nobody.status_code == 404
+    entries = httpx.get(
+        f"{server}/v1/audit/access",
+        params={"customer_id": "cu-live"},
+        headers={"Authorization": f"Bearer {auditor}"},
+    ).json()["accesses"]
+    assert [(e["endpoint"], e["key_name"]) for e in entries] == [("timeline", "wallboard")]
+
+
+@pytest.mark.parametrize("last_id", ["1" * 5000, str(2**63), "-1", "1e3", "12a"])
+def test_a_last_event_id_that_is_no_position_is_refused(
+    server: str, store: Store, pool: ConnectionPool[Any], last_id: str
+) -> None:
+    key, _ = create_key(pool, "live test", ["timeline:read"])
+    store.append_batch([sms(0, customer_id="cu-live", conversation_id="c-live")])
+    answer = httpx.get(
+        f"{server}/v1/customers/cu-live/timeline/live",
+        headers={"Authorization": f"Bearer {key}", "Last-Event-ID": last_id},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == "Last-Event-ID: the position of an event"

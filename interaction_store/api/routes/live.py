@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from interaction_store import views
 from interaction_store.api.app import Service
-from interaction_store.api.deps import PathId, Reader, Svc
+from interaction_store.api.deps import MAX_POSITION, PathId, Reader, Svc
 from interaction_store.api.models import problems
 from interaction_store.api.problems import Problem
 from interaction_store.api.routes.customers import item_json, not_found
@@ -40,12 +40,15 @@ async def customer_timeline_live(
 ) -> StreamingResponse:
     """Server-sent events: each new interaction of the customer as it reaches the
     timeline, its position as the event id. Reconnect with ``Last-Event-ID`` to get
-    exactly what was missed. Items moved in later by a link or merge are not replayed."""
+    exactly what was missed. Items moved in later by a link or merge, or applied late
+    by a dead letter's retry, are not replayed: they are in the timeline's pages. Each
+    connection is one read of the timeline in the access log."""
     found = await run_in_threadpool(_customer, svc, customer_id)
     last_id = request.headers.get("last-event-id")
-    if last_id is not None and not (last_id.isascii() and last_id.isdigit()):
+    if last_id is not None and not _a_position(last_id):
         raise Problem(422, "Invalid request", "Last-Event-ID: the position of an event")
     start = await run_in_threadpool(_live_start, svc, int(last_id) if last_id else None)
+    svc.accessed(key, found, "timeline")
 
     async def stream() -> AsyncIterator[bytes]:
         after, quiet = start, 0.0
@@ -69,6 +72,10 @@ async def customer_timeline_live(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _a_position(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_POSITION
 
 
 def _customer(svc: Service, customer_id: str) -> str:
