@@ -46,14 +46,12 @@ def append_entries(store: Store, entries: list[tuple[int, Any]], tally: Tally) -
                     tally.rejected.append((number, f"{error.field}: {error.reason}"))
             entries = [entry for i, entry in enumerate(entries) if i not in bad]
             continue
-        except AppendError:
+        except AppendError as exc:
             if len(entries) == 1:
-                raise
+                tally.rejected.append((entries[0][0], exc.message))
+                return
             for entry in entries:  # find the culprit: one entry at a time
-                try:
-                    append_entries(store, [entry], tally)
-                except AppendError as single:
-                    tally.rejected.append((entry[0], single.message))
+                append_entries(store, [entry], tally)
             return
         tally.appended += result.appended
         tally.already_present += result.already_present

@@ -20,6 +20,7 @@ as it is). The parts:
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -173,10 +174,28 @@ def html_to_text(markup: str) -> str:
     """The readable text of an HTML body: no tags, scripts or styles; entities decoded;
     block elements on lines of their own."""
     parser = _TextOfHtml()
-    parser.feed(markup)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    try:
+        parser.feed(markup)
+        parser.close()
+        text = "".join(parser.parts)
+    except AssertionError:  # html.parser gives up on a "<![" it does not know
+        text = _stripped(markup)
+    lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)
+
+
+_HIDDEN_ELEMENT = re.compile(r"<(script|style|head|title)\b.*?</\1\s*>", re.I | re.S)
+_TAG = re.compile(r"<(/?)([a-zA-Z0-9]*)[^>]*>")
+
+
+def _stripped(markup: str) -> str:
+    """``html_to_text``'s text of markup html.parser refuses: tags dropped, with scripts
+    and styles, block elements on lines of their own, entities decoded."""
+
+    def tag(match: re.Match[str]) -> str:
+        return "\n" if match[2].lower() in _TextOfHtml._BLOCKS else ""
+
+    return html.unescape(_TAG.sub(tag, _HIDDEN_ELEMENT.sub("", markup)))
 
 
 class _TextOfHtml(HTMLParser):

@@ -125,6 +125,25 @@ def test_html_only_mail_is_stripped_to_its_text() -> None:
     assert html_to_text("<p>a</p><p>b</p>") == "a\nb"
 
 
+@pytest.mark.parametrize(
+    ("odd", "text"),
+    [("<![ endif ]>", ""), ("<![foo]>", ""), ("arr<![0]>", "arr\n"), ("<![ ", "")],
+)
+def test_html_that_the_parser_refuses_is_stripped_all_the_same(odd: str, text: str) -> None:
+    """html.parser raises on some "<![" sections (a mail client's conditional comments):
+    the body is still the text, never an error that loses the mail."""
+    markup = (
+        "<html><head><style>p {color: red}</style></head><body><p>Where is&nbsp;my "
+        f"<b>order</b>?</p>{odd}<script>alert(1)</script><div>Sam &amp; co</div></body></html>"
+    )
+    raw = (
+        b"From: sam@example.com\r\nTo: help@acme.example\r\nMessage-ID: <h@x.example>\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + markup.encode()
+    )
+    body = email_event(raw, SOURCE, now=clock)["data"]["body"]
+    assert body == f"Where is my order?\n{text}Sam & co"
+
+
 def test_attachments_are_listed_by_name_type_and_size_only() -> None:
     raw = (
         b"From: sam@example.com\r\nTo: help@acme.example\r\nMessage-ID: <att@x.example>\r\n"

@@ -292,6 +292,24 @@ def test_a_message_that_cannot_be_attributed_is_reported_and_the_poll_goes_on(
     assert count_events(database_url) == 2
 
 
+def test_a_new_message_reusing_a_message_id_is_reported_and_the_poll_goes_on(
+    dovecot: Dovecot, store: Store, database_url: str
+) -> None:
+    """A resend with other content under the same Message-ID (a broken mailer), found
+    alone in its poll: reported, and the cursor moves past it."""
+    dovecot.deliver("INBOX", mail(1))
+    poller = ImapPoller(store, dovecot.server(), SOURCE)
+    poller.poll()
+    dovecot.deliver("INBOX", mail(1).replace(b"Message 1:", b"Another text:"))
+    (done,) = poller.poll()
+    assert [uid for uid, _ in done.rejections()] == [2]
+    assert "different content" in next(done.rejections())[1]
+    dovecot.deliver("INBOX", mail(2))
+    (later,) = poller.poll()
+    assert (later.fetched, later.tally.appended) == (1, 1)
+    assert count_events(database_url) == 2
+
+
 def test_a_wrong_password_or_folder_is_a_clear_error(dovecot: Dovecot, store: Store) -> None:
     with pytest.raises(ImapError, match="login refused"):
         ImapPoller(store, dovecot.server("wrong"), SOURCE).poll()
