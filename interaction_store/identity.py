@@ -33,6 +33,8 @@ def normalise_contact(kind: str, value: str, *, phone_region: str = "US") -> str
     value = value.strip()
     if not value:
         raise ValueError("the contact value is empty")
+    if "\x00" in value:  # no address holds one, and PostgreSQL's text cannot
+        raise ValueError(f"{value!r} holds a NUL character")
     if kind == "email":
         email = value.lower()
         if len(email) > 254 or not _EMAIL.match(email):

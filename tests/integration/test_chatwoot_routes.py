@@ -192,3 +192,20 @@ def test_without_a_secret_the_route_is_off(pool: ConnectionPool[Any], database_u
     app = create_app(Settings(database_url=database_url), pool=pool, projector=False)
     with TestClient(app) as client:
         assert deliver(client, fixture("message_created_incoming")).status_code == 404
+
+
+def test_odd_ids_and_addresses_beside_known_contacts_are_refused_or_passed_over(
+    http: TestClient, database_url: str
+) -> None:
+    """What Chatwoot holds is what visitors typed: a visitor id that is none, or an email
+    holding a NUL, is never a 500."""
+    message = fixture("message_created_incoming")
+    message["conversation"]["meta"]["sender"]["id"] = "a b"  # and Chatwoot knows an email
+    refused = deliver(http, message)
+    assert refused.status_code == 422, refused.text
+    assert any("contact" in error["field"] for error in refused.json()["errors"])
+    update = fixture("contact_updated")
+    update["email"], update["phone_number"] = "sam@example.com\x00", None
+    passed_over = deliver(http, update)  # no known contact is an address: nothing to link
+    assert passed_over.status_code == 200, passed_over.text
+    assert count_events(database_url) == 0

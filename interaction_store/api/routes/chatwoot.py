@@ -111,7 +111,10 @@ def _link(svc: Service, visitor: str, known: list[str]) -> dict[str, Any] | None
             return None
         claimed = [owner for owner in owners if not is_provisional(owner)]
         owner = (claimed or owners)[0]
-        current = feeds.owner_of(conn, visitor, keyring)
+        try:
+            current = feeds.owner_of(conn, visitor, keyring)
+        except ValueError:  # not a visitor id: the message itself is refused, naming it
+            return None
         if current == owner:
             return None  # linked already
         # One id per move (from whom to whom): a redelivery, or another message before the
