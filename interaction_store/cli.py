@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
+from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -46,6 +47,7 @@ from interaction_store.connectors.asterisk import CdrSource, MalformedCdr, cdr_e
 from interaction_store.connectors.email import EmailSource, MalformedEmail, email_event
 from interaction_store.demo import generate, story
 from interaction_store.embedded import EmbeddedPostgres
+from interaction_store.events import derive_event_id
 from interaction_store.exceptions import (
     ConfigurationError,
     InteractionStoreError,
@@ -186,21 +188,46 @@ def append(obj: Context, source: IO[bytes], batch_size: int, quiet: bool) -> Non
     total = _size_of(source)
     with obj.store() as store, _progress(quiet, total) as (progress, task):
         batch: list[tuple[int, Any]] = []
+        # The events of this batch by id: an event met again in the same batch counts as
+        # it would in a later one (already present, or rejected if its content differs).
+        seen: dict[str, tuple[int, bytes]] = {}
         for number, line in enumerate(source, start=1):
             progress.advance(task, len(line))
             if not line.strip():
                 continue
             try:
-                batch.append((number, orjson.loads(line)))
+                event = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 tally.rejected.append((number, f"malformed JSON: {exc}"))
                 continue
+            key = _id_of(event)
+            if key is not None and not _first_reading(seen, number, event, tally, key):
+                continue
+            batch.append((number, event))
             if len(batch) >= batch_size:
                 append_entries(store, batch, tally)
-                batch = []
+                batch, seen = [], {}
         if batch:
             append_entries(store, batch, tally)
     _finish(tally, lambda number: f"line {number}")
+
+
+def _id_of(event: Any) -> str | None:
+    """The id a wire event will have: its own, or the one derived from its type and
+    ``external_id``; None when it has neither (a new id each time) or is malformed."""
+    if not isinstance(event, dict):
+        return None
+    given, data, type_ = event.get("id"), event.get("data"), event.get("type")
+    try:
+        if given is not None:
+            return str(UUID(str(given)))
+        if isinstance(data, dict) and isinstance(type_, str):
+            external_id = data.get("external_id")
+            if isinstance(external_id, str) and external_id.strip():
+                return str(derive_event_id(type_, external_id))
+    except ValueError:
+        pass
+    return None
 
 
 @cli.group(name="import")
@@ -368,12 +395,20 @@ def _finish(tally: Tally, where: Callable[[int], str], more: str = "") -> None:
 
 
 def _first_reading(
-    seen: dict[str, tuple[int, bytes]], number: int, event: dict[str, Any], tally: Tally
+    seen: dict[str, tuple[int, bytes]],
+    number: int,
+    event: dict[str, Any],
+    tally: Tally,
+    key: str | None = None,
 ) -> bool:
     """False for an event this import already read (the same message twice in one file:
-    counted as already present, or rejected if its content differs)."""
-    key = str(event["data"]["external_id"])
-    content = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    counted as already present, or rejected if its content differs). ``key``: the
+    event's id, by default its ``external_id``."""
+    key = key if key is not None else str(event["data"]["external_id"])
+    try:
+        content = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON the store takes (an integer beyond 64 bits): it says why
+        return True
     if key not in seen:
         seen[key] = (number, content)
         return True
@@ -535,7 +570,7 @@ def _report_passes(passes: list[FolderPass]) -> None:
 @click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events (Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--limit", type=int, help="Stop after this many events.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
 @click.pass_obj
 def tail(
     obj: Context,
@@ -548,7 +583,10 @@ def tail(
 ) -> None:
     """Print the log, one line per event, in commit order; with -f, keep following it."""
     with obj.store() as store:
-        checkpoint = Checkpoint.parse(after) if after else Checkpoint.START
+        try:
+            checkpoint = Checkpoint.parse(after) if after else Checkpoint.START
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--after") from None
         if from_position is not None:
             found = store.checkpoint_at(from_position)
             if found is None:
@@ -1446,7 +1484,10 @@ def keys_create(obj: Context, name: str, scopes: tuple[str, ...]) -> None:
       interaction-store keys create --name crm-widget --scope timeline:read
     """
     with obj.store(migrate=True) as store:
-        key, record = keys.create_key(store.pool, name, list(scopes))
+        try:
+            key, record = keys.create_key(store.pool, name, list(scopes))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--name") from None
     click.echo(key)
     err.print(f"key {record.key_id} ({record.name}): {', '.join(record.scopes)}; shown only once")
 

@@ -54,6 +54,8 @@ def create_key(
         )
     if not name.strip():
         raise ValueError("a key needs a name (who or what uses it)")
+    if "\x00" in name:
+        raise ValueError("a key's name cannot hold a NUL character")
     key_id = secrets.token_hex(4)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     with pool.connection() as conn:

@@ -41,7 +41,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration (e.g. 90s, 2m, 4h, 1d)")
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
+    try:
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than any duration can be") from None
 
 
 def channel_durations(text: str) -> dict[str, timedelta]:

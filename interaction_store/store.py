@@ -116,15 +116,15 @@ class Checkpoint:
     def parse(cls, text: str) -> Checkpoint:
         """Read the ``transaction_id:position`` form that ``str()`` writes."""
         txid, sep, position = text.partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            return cls(int(txid), int(position))
-        except ValueError:
-            raise ValueError(f"{text!r} is not a checkpoint (transaction_id:position)") from None
+        if not (sep and _DIGITS.fullmatch(txid) and _DIGITS.fullmatch(position)):
+            raise ValueError(f"{text!r} is not a checkpoint (transaction_id:position)")
+        if int(txid) >= 2**64 or int(position) >= 2**63:
+            raise ValueError(f"{text!r} is beyond any checkpoint of the log")
+        return cls(int(txid), int(position))
 
 
 Checkpoint.START = Checkpoint(0, 0)
+_DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ zone that is.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -103,6 +104,10 @@ def _local_time(text: str, field: str, zone: tzinfo) -> datetime:
 
 
 def _seconds(text: str, field: str) -> int:
-    if not text.isdigit():
+    # ASCII digits only ("²" is a digit to str.isdigit), and below 32 years of seconds
+    if not _SECONDS.fullmatch(text):
         raise MalformedCdr(f"{field} {text!r} is not a number of seconds")
     return int(text)
+
+
+_SECONDS = re.compile(r"[0-9]{1,9}")

@@ -19,6 +19,7 @@ as it is). The parts:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import re
@@ -122,10 +123,10 @@ class _Headers:
 
     def text(self, name: str) -> str:
         value = self._first(name)
-        try:
-            return " ".join(str(make_header(decode_header(value))).split())
-        except (ValueError, LookupError, UnicodeError):  # a broken encoded word: as it came
-            return " ".join(value.split())
+        # A broken encoded word stays as it came.
+        with contextlib.suppress(ValueError, LookupError, UnicodeError):
+            value = str(make_header(decode_header(value)))
+        return " ".join(value.replace("\x00", "").split())  # PostgreSQL cannot store a NUL
 
     def addresses(self, name: str) -> list[str]:
         found = getaddresses(self._raw.get(name, []))
@@ -251,7 +252,7 @@ def _content(message: EmailMessage) -> tuple[str, list[dict[str, Any]]]:
                 filename = None
             attachments.append(
                 {
-                    "name": (filename or "unnamed")[:998],
+                    "name": ((filename or "").replace("\x00", "") or "unnamed")[:998],
                     "content_type": content_type[:255],
                     "size": len(payload) if isinstance(payload, bytes) else _size_of(part),
                 }

@@ -68,6 +68,8 @@ def test_a_record_without_uniqueid_gets_a_stable_digest_id() -> None:
         ({14: "MAYBE"}, "disposition"),
         ({9: "30/11/2026 09:00"}, "start"),
         ({13: "many"}, "billsec"),
+        ({13: "²"}, "billsec"),
+        ({13: "99999999999999999999999"}, "billsec"),
         ({1: ""}, "src and dst"),
     ],
 )

@@ -144,6 +144,19 @@ def test_html_that_the_parser_refuses_is_stripped_all_the_same(odd: str, text: s
     assert body == f"Where is my order?\n{text}Sam & co"
 
 
+def test_a_nul_decoded_from_a_subject_or_a_filename_is_dropped() -> None:
+    raw = (
+        b"From: a@example.com\r\nTo: help@acme.example\r\nMessage-ID: <x@y>\r\n"
+        b"Subject: =?utf-8?q?Invoice=00 2?=\r\n"
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain"
+        b"\r\n\r\nhi\r\n--b\r\nContent-Type: application/pdf\r\n"
+        b"Content-Disposition: attachment; filename*=utf-8''a%00b.pdf\r\n\r\nxx\r\n--b--\r\n"
+    )
+    data = email_event(raw, SOURCE, now=clock)["data"]
+    assert data["subject"] == "Invoice 2"
+    assert [a["name"] for a in data["attachments"]] == ["ab.pdf"]
+
+
 def test_attachments_are_listed_by_name_type_and_size_only() -> None:
     raw = (
         b"From: sam@example.com\r\nTo: help@acme.example\r\nMessage-ID: <att@x.example>\r\n"

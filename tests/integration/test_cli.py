@@ -83,6 +83,21 @@ def test_a_conflicting_line_alone_in_its_batch_is_reported_and_the_rest_appended
     assert count_events(database_url) == 3
 
 
+@pytest.mark.parametrize("batch_size", ["1", "500"])
+def test_a_line_repeated_in_a_file_counts_the_same_whatever_the_batches(  # type: ignore[no-untyped-def]
+    run, database_url, batch_size
+) -> None:
+    given = sms(1, text="given an id")
+    derived = {key: value for key, value in sms(2, text="id derived").items() if key != "id"}
+    other = {**given, "data": {**given["data"], "text": "other content"}}
+    lines = ndjson([given, derived, given, derived, other])
+    result = run("append", "-", "--batch-size", batch_size, input=lines)
+    assert result.exit_code == 1, result.output
+    assert "appended 2, already present 2, rejected 1" in result.output
+    assert "line 5:" in result.output
+    assert count_events(database_url) == 2
+
+
 def test_demo_loads_the_story_once(run, database_url) -> None:  # type: ignore[no-untyped-def]
     assert run("demo").exit_code == 0
     assert count_events(database_url) == len(story())
@@ -105,6 +120,37 @@ def test_tail_prints_one_line_per_event_and_filters(run) -> None:  # type: ignor
     resumed = run("tail", "--after", orjson.loads(calls[0])["checkpoint"], "--limit", "2").output
     assert len(resumed.splitlines()) == 2
     assert run("tail", "--from-position", "9999").exit_code != 0
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("tail", "--after", "garbage"), "is not a checkpoint"),
+        (("tail", "--after", "1:x"), "is not a checkpoint"),
+        (("tail", "--after", "-1:-3"), "is not a checkpoint"),
+        (("tail", "--after", f"1:{2**63}"), "beyond any checkpoint"),
+        (("tail", "--limit", "0"), "--limit"),
+        (("keys", "create", "--name", " ", "--scope", "timeline:read"), "needs a name"),
+        (("keys", "create", "--name", "a\x00b", "--scope", "timeline:read"), "NUL"),
+    ],
+)
+def test_a_bad_option_is_a_usage_error_not_a_traceback(run, args, reason) -> None:  # type: ignore[no-untyped-def]
+    run("demo")
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert reason in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_retention_period_beyond_any_duration_is_an_invalid_setting(database_url) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["--database-url", database_url, "retention", "apply"],
+        env={"INTERACTION_STORE_RETENTION": "voice=99999999999d"},
+    )
+    assert result.exit_code == 1, result.output
+    assert "invalid settings" in result.output
+    assert "longer than any duration" in result.output
 
 
 def test_generate_writes_ndjson(run) -> None:  # type: ignore[no-untyped-def]
