@@ -7,6 +7,7 @@ internal (tracebacks, SQL, keys) ever goes into one.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from interaction_store.exceptions import (
     ConcurrencyError,
@@ -138,9 +140,38 @@ def install_problem_handlers(app: FastAPI) -> None:
             Problem(409, "Event id reused", exc.message, event_id=str(exc.event_id))
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSON:
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return problem_response(
-            Problem(500, "Internal error", "the server failed; the error is logged")
-        )
+    app.add_middleware(_Unexpected)
+
+
+class _Unexpected:
+    """The last resort: an exception no handler took answers a 500 problem, and the log
+    says where it was raised but not its message, which can quote what a customer wrote.
+    (Starlette's own last resort re-raises it to the server, which logs it whole.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            log.error(
+                "unhandled %s on %s %s, raised at:\n%s",
+                type(exc).__name__,
+                scope.get("method"),
+                scope.get("path"),
+                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            )
+            if not started:  # else the answer is under way: it ends where it stopped
+                answer = Problem(500, "Internal error", "the server failed; the error is logged")
+                await problem_response(answer)(scope, receive, send)

@@ -325,3 +325,27 @@ def test_metrics_in_prometheus_text(api: Api) -> None:
     ) in text
     assert 'interaction_store_projection_lag_events{projection="timeline"}' in text
     assert "interaction_store_dead_letters" in text
+
+
+def test_an_unexpected_error_answers_a_problem_and_logs_no_message(
+    pool: ConnectionPool[Any], database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The message of an exception can quote what a customer wrote: the log says what was
+    raised and where, and the server is not handed the exception to log it whole."""
+    app = create_app(Settings(database_url=database_url), pool=pool, projector=False)
+
+    written = "my card is " + "4111 " * 4  # what a customer wrote, not in the source
+
+    def boom() -> None:
+        raise RuntimeError(f"the body said: {written}")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=True) as client:
+        answer = client.get("/boom")
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["detail"] == "the server failed; the error is logged"
+    assert "unhandled RuntimeError on GET /boom" in caplog.text
+    assert "in boom" in caplog.text  # where it was raised
+    assert "4111" not in caplog.text
+    assert "4111" not in answer.text
