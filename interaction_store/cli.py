@@ -1431,6 +1431,11 @@ def audit_proof(obj: Context, position: int, checkpoint_id: int | None, as_json:
             proof = checkpoints.prove_inclusion(conn, position, checkpoint_id)
         except LookupError as exc:
             raise click.BadParameter(str(exc), param_hint="POSITION") from None
+    if proof is None and checkpoint_id is not None:
+        raise click.ClickException(
+            f"checkpoint {checkpoint_id} does not cover position {position}: there is no such"
+            " checkpoint, or it was sealed before that event"
+        )
     if proof is None:
         raise click.ClickException(f"no checkpoint covers position {position} yet: seal first")
     sealed = proof.checkpoint

@@ -1077,7 +1077,8 @@ def _as_stored(value: Any) -> Any:
         if value.is_integer() and (
             abs(value) >= 1e16 or (value == 0 and math.copysign(1, value) < 0)
         ):
-            return int(value) if abs(value) < 2**64 else value
+            # as orjson reads the digits back: an integer from -2**63 up to 2**64
+            return int(value) if -(2**63) <= value < 2**64 else value
         return value
     if isinstance(value, dict):
         return {key: _as_stored(item) for key, item in value.items()}

@@ -69,6 +69,13 @@ def test_seal_verify_and_prove_from_the_command_line(
         bytes.fromhex(checkpoint["root_hash"]),
     )
     assert audit("proof", "99").exit_code == 2  # no such event
+    store.append_batch([sms(5)])
+    assert "seal first" in audit("proof", "6").output
+    assert audit("seal").exit_code == 0
+    early = audit("proof", "6", "--checkpoint", "1")
+    assert early.exit_code == 1
+    assert "checkpoint 1 does not cover position 6" in early.output
+    assert audit("proof", "6", "--checkpoint", "2").exit_code == 0
 
     with psycopg.connect(database_url) as conn:  # an insider rewrites one message
         conn.execute("SET session_replication_role = replica")

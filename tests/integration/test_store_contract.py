@@ -420,5 +420,6 @@ def test_a_stream_named_twice_with_an_expectation_is_refused(store: Store) -> No
 
 def test_numbers_that_jsonb_rewrites_still_verify(store: Store) -> None:
     odd = {"zero": -0.0, "big": 1.2345678901234567e19, "huge": 1e20, "tiny": 1e-7, "x": 0.1}
+    odd |= {"low": -1e19, "lowest": -9.223372036854775808e18, "debt": -1.5e17}
     store.append("s-1", [sms(1, attributes=odd)])
     assert store.verify_stream("s-1").ok
