@@ -8,6 +8,7 @@ process to let go stops it, unless ``start(keep_running=True)`` (``db start``) l
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -84,6 +85,13 @@ class EmbeddedPostgres:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._server.cleanup()
+            # pgserver keeps one handle per folder and process, and forgets it only when
+            # this process was the last user: a later start would get it back without
+            # counting this process again (or with the URL of a server stopped since).
+            pgserver = _pgserver()
+            atexit.unregister(self._server._cleanup)
+            with pgserver.PostgresServer._lock:
+                pgserver.PostgresServer._instances.pop(self.pgdata, None)
             self._server = None
 
     def running_url(self) -> str | None:

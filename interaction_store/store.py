@@ -504,7 +504,7 @@ class Store:
                     )
                 )
                 continue
-            if b"\\u0000" in payload:
+            if b"\\u0000" in payload and _NUL.search(payload):
                 errors.append(
                     FieldError(index, f"data.{_nul_path(data)}", "contains a NUL character")
                 )
@@ -515,7 +515,7 @@ class Store:
             except (TypeError, ValueError) as exc:  # an integer beyond 64 bits, say
                 errors.append(FieldError(index, "metadata", f"is not JSON: {exc}"))
                 continue
-            if b"\\u0000" in metadata:  # PostgreSQL's jsonb cannot hold one
+            if b"\\u0000" in metadata and _NUL.search(metadata):  # jsonb cannot hold one
                 errors.append(
                     FieldError(index, f"metadata.{_nul_path(meta)}", "contains a NUL character")
                 )
@@ -1045,6 +1045,11 @@ def _valid_stream_id(stream_id: str) -> bool:
 # comes first. A number follows ":", "," or "["; a string that looks
 # the same (": 1e5") costs a second look, never a wrong digest.
 _UNSTABLE_NUMBER = re.compile(rb"[:,\[]-?[0-9]+(?:\.[0-9]+)?e|[:,\[]-0\.0[,\]}]")
+
+
+#: An escaped NUL in JSON text: \u0000 after an even number of backslashes (after an odd
+#: number, it is the text "\u0000" written out, which PostgreSQL stores as any other).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _stored_json(value: Any) -> bytes:

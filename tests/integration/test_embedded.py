@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
+
+from interaction_store.embedded import EmbeddedPostgres
 
 
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -111,3 +114,26 @@ def test_db_start_keeps_a_server_that_another_command_started(data_dir: Path) ->
         assert "stopped" in cli(data_dir, "db", "stop").stdout
     assert not server_running(data_dir)
     assert not (data_dir / "keep-running").exists()
+
+
+def test_a_process_that_starts_it_again_counts_as_a_user_again(data_dir: Path) -> None:
+    """pgserver keeps a handle per folder and process: letting go of the server and
+    starting it again in one process must count that process again, so that the last
+    other user, leaving, does not stop the server under it."""
+    holder = follow(data_dir)  # another process using the server
+    try:
+        first = EmbeddedPostgres(data_dir)
+        first.start()
+        first.release()
+        again = EmbeddedPostgres(data_dir)
+        url = again.start()
+    finally:
+        holder.send_signal(signal.SIGTERM)  # the other user goes away
+        assert holder.wait(30) == 0
+    try:
+        assert server_running(data_dir)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        again.release()
+    assert not server_running(data_dir)  # this process was the last user

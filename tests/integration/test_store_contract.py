@@ -423,3 +423,25 @@ def test_numbers_that_jsonb_rewrites_still_verify(store: Store) -> None:
     odd |= {"low": -1e19, "lowest": -9.223372036854775808e18, "debt": -1.5e17}
     store.append("s-1", [sms(1, attributes=odd)])
     assert store.verify_stream("s-1").ok
+
+
+@pytest.mark.parametrize(
+    ("text", "nul"),
+    [
+        (r"invalid byte sequence \u0000 in input", False),  # the text, as quoted in a mail
+        (r"C:\\u0000", False),  # the text \\u0000 after an escaped backslash: still text
+        ("a\\\x00", True),  # a backslash, then a real NUL
+        ("a\\\\\x00", True),
+    ],
+)
+def test_only_a_real_nul_is_refused(store: Store, text: str, nul: bool) -> None:
+    event = sms(1, text=text)
+    event["metadata"] = {"actor": text}
+    if nul:
+        with pytest.raises(EventValidationError, match=r"events\[0\]\.data\.text: contains a NUL"):
+            store.append("s-1", [event])
+        assert store.head() == 0
+        return
+    store.append("s-1", [event])
+    [stored] = store.read_stream("s-1")
+    assert (stored.data["text"], stored.metadata["actor"]) == (text, text)
