@@ -149,6 +149,7 @@ Administrator = Annotated[ApiKey, require("admin")]
 
 async def _read_your_writes(
     svc: Svc,
+    key: Reader,  # first: a request without a key learns nothing of the log, nor waits
     min_position: Annotated[
         int | None,
         Query(

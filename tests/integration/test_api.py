@@ -167,6 +167,20 @@ def test_errors_are_problem_details(api: Api) -> None:
     assert "SELECT" not in text
 
 
+@pytest.mark.parametrize("path", ["/v1/customers/cu-1/timeline", "/v1/conversations/c-1"])
+def test_min_position_says_nothing_and_waits_for_nothing_without_a_key(
+    api: Api, path: str
+) -> None:
+    """Without a key, min_position is neither checked against the log (which would tell
+    how many events it holds) nor waited for."""
+    append(api, [sms(1, customer_id="cu-1", conversation_id="c-1")])
+    for position in (1, 10**12):
+        answer = api.client.get(path, params={"min_position": position})
+        assert answer.status_code == 401, answer.text
+    wrong = api.client.get(path, params={"min_position": 10**12}, headers=api.appender)
+    assert wrong.status_code == 403
+
+
 def test_read_your_writes_answers_503_while_the_views_are_behind(api: Api) -> None:
     timeline = "/v1/customers/cu-1/timeline"
     with api.pool.connection() as holder, holder.transaction():
