@@ -168,9 +168,7 @@ def test_errors_are_problem_details(api: Api) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/customers/cu-1/timeline", "/v1/conversations/c-1"])
-def test_min_position_says_nothing_and_waits_for_nothing_without_a_key(
-    api: Api, path: str
-) -> None:
+def test_min_position_says_nothing_and_waits_for_nothing_without_a_key(api: Api, path: str) -> None:
     """Without a key, min_position is neither checked against the log (which would tell
     how many events it holds) nor waited for."""
     append(api, [sms(1, customer_id="cu-1", conversation_id="c-1")])
