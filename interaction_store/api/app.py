@@ -61,11 +61,14 @@ class Service:
     public_key: PublicKey | None = None
     #: Who read which customer (set by the lifespan).
     access: AccessLog | None = None
+    #: How long a verified (or refused) API key is remembered: a revocation takes effect
+    #: within this long, in open live timelines too.
+    key_cache_seconds: float = KEY_CACHE_SECONDS
     _keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
 
     def remembered_key(self, token: str) -> ApiKey | Literal[False] | None:
         """The key's record if it was verified (or refused: None) in the last
-        ``KEY_CACHE_SECONDS``; False when it must be looked up (``verify``)."""
+        ``key_cache_seconds``; False when it must be looked up (``verify``)."""
         cached = self._keys.get(token)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
@@ -73,11 +76,11 @@ class Service:
 
     def verify(self, token: str) -> ApiKey | None:
         """Look the key up and remember the answer (a revocation takes effect within
-        ``KEY_CACHE_SECONDS`` in a running server)."""
+        ``key_cache_seconds`` in a running server)."""
         key = verify_key(self.pool, token)
         if len(self._keys) > 10_000:
             self._keys.clear()
-        self._keys[token] = (key, time.monotonic() + KEY_CACHE_SECONDS)
+        self._keys[token] = (key, time.monotonic() + self.key_cache_seconds)
         return key
 
     def accessed(self, key: ApiKey, customer_id: str, endpoint: str) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "known_query_parameters",
     "require",
     "service",
+    "still_allowed",
     "text_query",
     "wait_for_views",
 ]
@@ -139,6 +140,15 @@ def require(scope: str) -> object:
         return key
 
     return Depends(check)
+
+
+async def still_allowed(svc: Service, request: Request, scope: str) -> bool:
+    """Whether the request's key still carries ``scope``, for an answer that lasts (the
+    live timeline): asked again as the key cache expires, a revocation ends it."""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    remembered = svc.remembered_key(token)
+    key = await run_in_threadpool(svc.verify, token) if remembered is False else remembered
+    return key is not None and key.allows(scope)
 
 
 Reader = Annotated[ApiKey, require("timeline:read")]

@@ -179,6 +179,26 @@ def test_min_position_says_nothing_and_waits_for_nothing_without_a_key(api: Api,
     assert wrong.status_code == 403
 
 
+@pytest.mark.parametrize("number", [b"18446744073709551616", b"-9223372036854775809"])
+def test_an_integer_beyond_64_bits_is_refused_not_rounded(api: Api, number: bytes) -> None:
+    """JSON parsers read such an integer as a rounded float (an id sent as a number would
+    be stored wrong): it is refused, naming the field; digits in text are only text."""
+    body = (
+        b'{"events": [{"type": "conversation.reopened", "occurred_at": "2026-11-02T09:00:00Z",'
+        b' "data": {"conversation_id": "cv-1", "reason": "ref 123456789012345678901"},'
+        b' "metadata": {"ticket": %s}}]}'
+    )
+    headers = {**api.appender, "Content-Type": "application/json"}
+    refused = api.client.post("/v1/events", content=body % number, headers=headers)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "events[0].metadata"
+    stored = api.client.post("/v1/events", content=body % b"12345678901234567890", headers=headers)
+    assert stored.status_code == 201, stored.text
+    with api.pool.connection() as conn:
+        row = conn.execute("SELECT metadata->'ticket', payload->>'reason' FROM events").fetchone()
+    assert row == (12345678901234567890, "ref 123456789012345678901")
+
+
 def test_read_your_writes_answers_503_while_the_views_are_behind(api: Api) -> None:
     timeline = "/v1/customers/cu-1/timeline"
     with api.pool.connection() as holder, holder.transaction():

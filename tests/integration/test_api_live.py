@@ -12,21 +12,26 @@ import httpx2 as httpx
 import orjson
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from psycopg_pool import ConnectionPool
 
 from interaction_store.api import create_app
-from interaction_store.keys import create_key
+from interaction_store.keys import create_key, revoke_key
 from interaction_store.settings import Settings
 from interaction_store.store import Store
 from tests.helpers import sms
 
 
 @pytest.fixture
-def server(pool: ConnectionPool[Any], database_url: str) -> Iterator[str]:
+def app(pool: ConnectionPool[Any], database_url: str) -> FastAPI:
+    return create_app(Settings(database_url=database_url), pool=pool)
+
+
+@pytest.fixture
+def server(app: FastAPI) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(Settings(database_url=database_url), pool=pool)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
@@ -130,3 +135,33 @@ def test_a_last_event_id_that_is_no_position_is_refused(
     )
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"] == "Last-Event-ID: the position of an event"
+
+
+def test_a_revoked_key_ends_its_live_timeline(
+    app: FastAPI, server: str, store: Store, pool: ConnectionPool[Any]
+) -> None:
+    app.state.service.key_cache_seconds = 0.3
+    key, record = create_key(pool, "leaked", ["timeline:read"])
+    auth = {"Authorization": f"Bearer {key}"}
+    first = store.append_batch([sms(0, customer_id="cu-live", conversation_id="c-live")])
+    assert store.wait_for(first.position, timeout=10)
+    lines: list[str] = []
+    opened = threading.Event()
+
+    def listen() -> None:
+        url = f"{server}/v1/customers/cu-live/timeline/live"
+        with httpx.stream("GET", url, headers=auth, timeout=20) as answer:
+            assert answer.status_code == 200
+            opened.set()
+            lines.extend(answer.iter_lines())  # until the server ends the stream
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert opened.wait(10)
+    revoke_key(pool, record.key_id)
+    time.sleep(0.6)  # the revocation takes effect within the key cache's time
+    store.append_batch([sms(1, text="after revocation", customer_id="cu-live")])
+    listener.join(timeout=10)
+    assert not listener.is_alive(), "the live timeline went on after the revocation"
+    assert ": the API key was revoked" in lines
+    assert not any("after revocation" in line for line in lines)

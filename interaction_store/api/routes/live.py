@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from interaction_store import views
 from interaction_store.api.app import Service
-from interaction_store.api.deps import MAX_POSITION, PathId, Reader, Svc
+from interaction_store.api.deps import MAX_POSITION, PathId, Reader, Svc, still_allowed
 from interaction_store.api.models import problems
 from interaction_store.api.problems import Problem
 from interaction_store.api.routes.customers import item_json, not_found
@@ -42,7 +43,7 @@ async def customer_timeline_live(
     timeline, its position as the event id. Reconnect with ``Last-Event-ID`` to get
     exactly what was missed. Items moved in later by a link or merge, or applied late
     by a dead letter's retry, are not replayed: they are in the timeline's pages. Each
-    connection is one read of the timeline in the access log."""
+    connection is one read of the timeline in the access log; a revoked key ends it."""
     found = await run_in_threadpool(_customer, svc, customer_id)
     last_id = request.headers.get("last-event-id")
     if last_id is not None and not _a_position(last_id):
@@ -52,8 +53,14 @@ async def customer_timeline_live(
 
     async def stream() -> AsyncIterator[bytes]:
         after, quiet = start, 0.0
+        recheck = time.monotonic() + svc.key_cache_seconds
         yield b": live timeline of " + found.encode() + b"\n\n"
         while not await request.is_disconnected():
+            if time.monotonic() >= recheck:  # a key revoked meanwhile ends the stream
+                if not await still_allowed(svc, request, "timeline:read"):
+                    yield b": the API key was revoked\n\n"
+                    return
+                recheck = time.monotonic() + svc.key_cache_seconds
             items, after = await run_in_threadpool(_live_items, svc, found, after)
             for item in items:
                 data = orjson.dumps(item_json(item), option=orjson.OPT_UTC_Z)
