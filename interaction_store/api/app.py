@@ -93,8 +93,10 @@ class Service:
         return self.store.pool
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self.store.pool.connection() as conn:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the store's pool, waiting at most ``timeout`` seconds for one
+        (by default the pool's 30 s)."""
+        with self.store.pool.connection(timeout=timeout) as conn:
             yield conn
 
 
@@ -116,7 +118,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with contextlib.ExitStack() as stack:
+        # Everything opened is closed, in reverse, however far the start got.
+        async with contextlib.AsyncExitStack() as stack:
             own = pool
             if own is None:
                 url = stack.enter_context(db.database_url(settings))
@@ -130,6 +133,7 @@ def create_app(
             reads = await db.open_async_pool(
                 store.conninfo, min_size=settings.pool_min_size, max_size=settings.pool_max_size
             )
+            stack.push_async_callback(reads.close)
             svc = Service(settings, store, reads, settings.service_levels())
             svc.access = AccessLog(own)
             svc.access.start()
@@ -149,10 +153,7 @@ def create_app(
 
                 stack.callback(stop)
             app.state.service = svc
-            try:
-                yield
-            finally:
-                await reads.close()
+            yield
 
     app = FastAPI(
         title="interaction-store",

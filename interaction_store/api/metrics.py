@@ -10,16 +10,22 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import psycopg
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from psycopg_pool import PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from interaction_store.api.app import Service
 
-__all__ = ["Metrics"]
+#: How long /readyz and /metrics wait for the database: a probe or a scrape that hangs
+#: for the pool's 30 s when the database is down answers too late to tell anyone.
+PROBE_SECONDS = 2.0
+
+__all__ = ["PROBE_SECONDS", "Metrics"]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -75,17 +81,28 @@ class _ViewsCollector(Collector):
             "Parked events not yet retried or skipped.",
             labels=["projection"],
         )
-        runner = svc.runner
-        if runner is not None:
-            for lag in runner.lag():
-                events.add_metric([lag.projection], lag.events)
-                seconds.add_metric([lag.projection], lag.seconds)
-        with svc.connection() as conn:
-            for projection, count in conn.execute(
-                "SELECT projection, count(*) FROM dead_letters WHERE resolution IS NULL"
-                " GROUP BY projection"
-            ):
-                letters.add_metric([projection], count)
+        up = GaugeMetricFamily(
+            "interaction_store_database_up",
+            "Whether the database answered this scrape (1) or not (0: no lag or dead letters).",
+        )
+        try:
+            with svc.connection(timeout=PROBE_SECONDS) as conn:
+                for projection, count in conn.execute(
+                    "SELECT projection, count(*) FROM dead_letters WHERE resolution IS NULL"
+                    " GROUP BY projection"
+                ):
+                    letters.add_metric([projection], count)
+            runner = svc.runner
+            if runner is not None:
+                for lag in runner.lag():
+                    events.add_metric([lag.projection], lag.events)
+                    seconds.add_metric([lag.projection], lag.seconds)
+        except (psycopg.Error, PoolTimeout):  # the request metrics are still answered
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
         yield events
         yield seconds
         yield letters

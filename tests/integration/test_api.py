@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from interaction_store.api import create_app
 from interaction_store.demo import story
+from interaction_store.exceptions import ConfigurationError
 from interaction_store.keys import create_key, revoke_key
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.timeline import TimelineProjection
@@ -357,6 +363,41 @@ def test_metrics_in_prometheus_text(api: Api) -> None:
     ) in text
     assert 'interaction_store_projection_lag_events{projection="timeline"}' in text
     assert "interaction_store_dead_letters" in text
+    assert "interaction_store_database_up 1.0" in text
+
+
+def test_with_the_database_down_probes_and_scrapes_answer_at_once(
+    api: Api, database_url: str
+) -> None:
+    """/readyz says not ready and /metrics keeps the request metrics, each within the
+    probes' few seconds rather than the pool's 30."""
+    assert api.client.get("/readyz").status_code == 200
+    name = conninfo_to_dict(database_url)["dbname"]
+    admin = make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+        )
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+    try:
+        began = time.monotonic()
+        ready = api.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["detail"] == "the database does not answer"
+        scraped = api.client.get("/metrics")
+        assert scraped.status_code == 200
+        assert "interaction_store_database_up 0.0" in scraped.text
+        assert 'route="/readyz",status="503"' in scraped.text
+        assert time.monotonic() - began < 15  # the pool's own wait is 30 s for each
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
+            )
 
 
 def test_an_unexpected_error_answers_a_problem_and_logs_no_message(
@@ -381,3 +422,27 @@ def test_an_unexpected_error_answers_a_problem_and_logs_no_message(
     assert "in boom" in caplog.text  # where it was raised
     assert "4111" not in caplog.text
     assert "4111" not in answer.text
+
+
+def test_a_start_that_fails_leaves_nothing_open(
+    pool: ConnectionPool[Any], database_url: str
+) -> None:
+    def others() -> int:
+        with pool.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    threads = set(threading.enumerate())
+    before = others()
+    settings = Settings(database_url=database_url, audit_signing_key="not a key")
+    with (
+        pytest.raises(ConfigurationError, match="signing key"),
+        TestClient(create_app(settings, pool=pool)),
+    ):
+        pass
+    assert others() == before  # the reads' pool is closed too
+    assert {t for t in threading.enumerate() if t.is_alive()} <= threads

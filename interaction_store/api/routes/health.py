@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from interaction_store.api.app import Service
 from interaction_store.api.deps import Svc
+from interaction_store.api.metrics import PROBE_SECONDS
 from interaction_store.api.models import Health, Readiness
 from interaction_store.api.problems import JSON, Problem
 
@@ -31,7 +32,7 @@ async def readyz(svc: Svc) -> JSON:
 
 def _readiness(svc: Service) -> JSON:
     try:
-        with svc.connection() as conn:
+        with svc.connection(timeout=PROBE_SECONDS) as conn:
             conn.execute("SELECT 1")
     except Exception:
         raise Problem(503, "Not ready", "the database does not answer") from None
