@@ -119,11 +119,10 @@ def as_of(
         # Cached plans (psycopg's prepared statements, resolve_customer's) still point at
         # the live tables: a new temporary table does not invalidate them. Plan afresh.
         conn.execute("DISCARD PLANS")
-        cut = _cut(conn, position)
-        _graph(conn, live, cut, sealer)
-        _timeline(conn, live, cut, customer_id)
+        _graph(conn, live, position, sealer)
+        _timeline(conn, live, position, customer_id)
         if customer_id is not None:
-            _conversations(conn, cut, sealer)
+            _conversations(conn, position, sealer)
         try:
             yield
         finally:
@@ -148,24 +147,17 @@ def _erased(conn: psycopg.Connection[Any], customer_id: str) -> bool:
     return bool(row and row[0])
 
 
-def _cut(conn: psycopg.Connection[Any], position: int) -> tuple[str, int]:
-    """Where the log ends for the read: the (transaction, position) of the event at
-    ``position`` (or the last one before it), in the order the views apply events."""
-    row = conn.execute(
-        "SELECT transaction_id::text, position FROM events WHERE position <= %s"
-        " ORDER BY position DESC LIMIT 1",
-        (position,),
-    ).fetchone()
-    return ("0", 0) if row is None else (str(row[0]), int(row[1]))
+#: Where the log ends for the read: at the position, whatever the commit order. A
+#: transaction can hold a position below one committed before it (an append spanning
+#: another's), so the cut is by position, and what is below it is applied in the order
+#: the views apply it (``transaction_id, position``): at the head, that is the live views.
+_UPTO = "e.position <= %(position)s::bigint"
 
 
-_UPTO = "(e.transaction_id, e.position) <= (%(txid)s::text::xid8, %(position)s::bigint)"
-
-
-def _graph(conn: psycopg.Connection[Any], live: str, cut: tuple[str, int], sealer: Sealer) -> None:
+def _graph(conn: psycopg.Connection[Any], live: str, position: int, sealer: Sealer) -> None:
     """Replay the customer events up to ``position``, each contact's first sight in its
     place."""
-    bounds = {"txid": cut[0], "position": cut[1]}
+    bounds = {"position": position}
     sights = conn.execute(
         sql.SQL(
             "SELECT min(t.position), t.contact_kind, t.contact_token,"
@@ -242,11 +234,11 @@ def _first_seen(conn: psycopg.Connection[Any], sights: Sequence[tuple[Any, ...]]
 
 
 def _timeline(
-    conn: psycopg.Connection[Any], live: str, cut: tuple[str, int], customer_id: str | None
+    conn: psycopg.Connection[Any], live: str, position: int, customer_id: str | None
 ) -> None:
-    """The live rows up to the cut, with owners and customers from the past graph."""
+    """The live rows up to ``position``, with owners and customers from the past graph."""
     source = sql.Identifier(live, "timeline")
-    bounds = {"txid": cut[0], "position": cut[1], "customer": customer_id}
+    bounds = {"position": position, "customer": customer_id}
     if customer_id is None:
         conn.execute(
             sql.SQL(
@@ -283,7 +275,7 @@ def _timeline(
     conn.execute("UPDATE timeline SET customer_id = resolve_customer(owner_id)")
 
 
-def _conversations(conn: psycopg.Connection[Any], cut: tuple[str, int], sealer: Sealer) -> None:
+def _conversations(conn: psycopg.Connection[Any], position: int, sealer: Sealer) -> None:
     streams = [
         f"conversation-{row[0]}"
         for row in conn.execute("SELECT DISTINCT conversation_id FROM timeline").fetchall()
@@ -295,7 +287,7 @@ def _conversations(conn: psycopg.Connection[Any], cut: tuple[str, int], sealer: 
         + " FROM events AS e WHERE stream_id = ANY(%(streams)s) AND "
         + _UPTO
         + " ORDER BY transaction_id, position",
-        {"streams": streams, "txid": cut[0], "position": cut[1]},
+        {"streams": streams, "position": position},
         sealer,
     )
     if events:

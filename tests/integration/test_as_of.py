@@ -188,3 +188,24 @@ def test_a_read_as_of_on_a_connection_with_cached_plans_reads_the_past_and_write
         assert (
             conn.execute("SELECT * FROM identities ORDER BY kind, value").fetchall() == identities
         )
+
+
+def test_as_of_cuts_the_log_at_the_position_whatever_the_commit_order(store: Store) -> None:
+    """A transaction holds position 2 while position 3 commits, then appends 4: as of 4
+    (the head) is the live timeline, and as of 3 has nothing after 3."""
+    store.append_batch([email(0, customer_id="cu-a", external_id="<m0@x>")])
+    with store.transaction() as held:
+        held.append("conversation-c-1", [email(1, customer_id="cu-a", external_id="<m1@x>")])
+        store.append_batch([email(2, customer_id="cu-a", external_id="<m2@x>")])
+        held.append("conversation-c-3", [email(3, customer_id="cu-a", external_id="<m3@x>")])
+    ProjectionRunner(store, all_projections()).catch_up()
+    with store.pool.connection() as conn:
+        live = [i.position for i in views.timeline(conn, "cu-a")]
+        assert sorted(live) == [1, 2, 3, 4]
+        for position in (4, 3, 2):
+            with as_of(conn, position, "cu-a", sealer=Sealer()):
+                then = [i.position for i in views.timeline(conn, "cu-a")]
+                summary = views.customer(conn, "cu-a")
+            assert then == [p for p in live if p <= position], position
+            assert summary is not None
+            assert summary.interactions == position
