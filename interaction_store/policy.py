@@ -34,6 +34,7 @@ DEFAULT_FIRST_RESPONSE: Final[Mapping[str, timedelta]] = MappingProxyType(
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LONGEST = timedelta(days=36525)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -41,10 +42,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration (e.g. 90s, 2m, 4h, 1d)")
-    try:
-        return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
-    except OverflowError:
-        raise ValueError(f"{text!r} is longer than any duration can be") from None
+    seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if seconds > _LONGEST.total_seconds():  # due times and cut-offs must stay dates
+        raise ValueError(f"{text!r} is longer than 100 years")
+    return timedelta(seconds=seconds)
 
 
 def channel_durations(text: str) -> dict[str, timedelta]:

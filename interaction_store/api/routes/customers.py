@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import psycopg
 from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
 from starlette.concurrency import run_in_threadpool
 
 from interaction_store import views
@@ -219,8 +219,8 @@ async def customer_timeline(
     channel: Annotated[str | None, Query(pattern="^(email|voice|chat|sms|twitter)$")] = None,
     type: Annotated[str | None, text_query(max_length=100)] = None,
     conversation_id: Annotated[str | None, text_query(max_length=250)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="with its UTC offset")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="with its UTC offset")] = None,
     as_of: AsOf = None,
 ) -> JSON:
     """The customer's interactions on every channel, newest first. With ``as_of``, the
