@@ -149,8 +149,9 @@ def timeline(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[TimelineItem]:
-    """A customer's interactions, newest first; pass the last item's position as
-    ``before`` for the next page (a keyset cursor). ``customer_id`` may be an alias."""
+    """A customer's interactions, newest first by when they happened (the log's order
+    breaking ties); pass the last item's position as ``before`` for the next page (a
+    keyset cursor). ``customer_id`` may be an alias."""
     return timeline_read(
         customer_id,
         limit=limit,
@@ -176,7 +177,9 @@ def timeline_read(
 ) -> Read[list[TimelineItem]]:
     """``timeline`` as a ``Read``: only the filters asked for go into the statement."""
     filters = {
-        "position < %(before)s": before,
+        # the page after the item at ``before``, in the order below
+        "(occurred_at, position) < (SELECT b.occurred_at, b.position FROM timeline AS b"
+        " WHERE b.position = %(before)s)": before,
         "channel = %(channel)s": channel,
         "type = %(type)s": type,
         "conversation_id = %(conversation)s": conversation_id,
@@ -194,7 +197,7 @@ def timeline_read(
         + _RESOLVED
         + """
            {conditions}
-         ORDER BY position DESC
+         ORDER BY occurred_at DESC, position DESC
          LIMIT %(limit)s
         """
     ).format(conditions=sql.SQL(" ").join(conditions))
@@ -228,13 +231,16 @@ def find_customer(
 def find_customer_read(customer_id: str) -> Read[str | None]:
     """The customer a customer id stands for (merges followed), if it is known at all."""
     return Read(
-        """
-        SELECT who.id FROM (SELECT resolve_customer(%(c)s) AS id) AS who
+        FAMILY
+        + """
+        SELECT who.id FROM (SELECT resolve_customer(%(customer)s) AS id) AS who
          WHERE EXISTS (SELECT FROM timeline WHERE customer_id = who.id)
-            OR EXISTS (SELECT FROM identities WHERE customer_id = who.id)
-            OR EXISTS (SELECT FROM customer_profiles WHERE customer_id = who.id)
+            -- identities and profiles stay under the ids merged in
+            OR EXISTS (SELECT FROM identities WHERE customer_id IN (SELECT id FROM family))
+            OR EXISTS (SELECT FROM customer_profiles
+                        WHERE customer_id IN (SELECT id FROM family))
         """,
-        {"c": customer_id},
+        {"customer": customer_id},
         _first_column,
     )
 
@@ -600,9 +606,23 @@ def context_read(
     targets = {channel: due.total_seconds() for channel, due in levels.first_response.items()}
     return Read(
         """
-        WITH who AS (SELECT """
+        WITH RECURSIVE who AS (SELECT """
         + _RESOLVED
         + """ AS id),
+        family(id) AS (
+            SELECT id FROM who
+            UNION
+            SELECT m.source_customer_id FROM customer_merges AS m
+              JOIN family AS f ON m.target_customer_id = f.id
+        ),
+        -- as the summary picks it: the customer's own, else the newest of those merged in
+        profile AS (
+            SELECT p.customer_id, p.account_value, p.churn_risk
+              FROM customer_profiles AS p, who
+             WHERE p.customer_id IN (SELECT id FROM family)
+             ORDER BY p.customer_id = who.id DESC, p.updated_at DESC
+             LIMIT 1
+        ),
         mine AS (
             SELECT t.agent_id, t.occurred_at, t.conversation_id
               FROM timeline AS t JOIN who ON t.customer_id = who.id
@@ -644,8 +664,9 @@ def context_read(
                        ORDER BY o.last_activity_at DESC NULLS LAST, o.conversation_id), '[]')
                   FROM open_conversations AS o),
                p.customer_id IS NOT NULL OR EXISTS (SELECT FROM mine)
-                   OR EXISTS (SELECT FROM identities AS i WHERE i.customer_id = who.id)
-          FROM who LEFT JOIN customer_profiles AS p ON p.customer_id = who.id
+                   OR EXISTS (SELECT FROM identities AS i
+                               WHERE i.customer_id IN (SELECT id FROM family))
+          FROM who LEFT JOIN profile AS p ON true
         """,
         {
             "customer": customer_id,

@@ -242,7 +242,9 @@ def _customer(conn: psycopg.Connection[Any], event: RecordedEvent) -> None:
             UPDATE identities
                SET customer_id = %s, confidence = 'provisional', reason = %s, source = NULL,
                    position = %s
-             WHERE kind = %s AND token = %s AND customer_id = %s
+             WHERE kind = %s AND token = %s
+               -- named by the customer it was merged into, too
+               AND resolve_customer(customer_id) = resolve_customer(%s)
             """,
             (
                 provisional_customer_id(kind, token),

@@ -73,7 +73,8 @@ def test_append_then_read_your_writes(api: Api) -> None:
     assert lookup.status_code == 200, lookup.text
     assert lookup.json()["customer_id"] == "cu-northwind-mchen"
 
-    more = append(api, [email(1, customer_id="cu-northwind-mchen", subject="One more thing")])
+    later = 60 * 24 * 30  # minutes after T0: after the whole story
+    more = append(api, [email(later, customer_id="cu-northwind-mchen", subject="One more thing")])
     timeline = api.client.get(
         "/v1/customers/cu-northwind-mchen/timeline",
         params={"min_position": more["position"], "limit": 2},

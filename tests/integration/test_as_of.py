@@ -43,7 +43,7 @@ def moments(store: Store) -> dict[str, int]:
     append("old", customer_event("registered", 1, customer_id="cu-old",
                                  contacts=["email:ann.old@example.com"]))  # fmt: skip
     append("email", email(2, contact="email:ann@example.com"))
-    append("sms", sms(3, phone="+14155550100"))
+    append("sms", sms(180, phone="+14155550100"))  # 3 minutes in, as the rest
     append("old email", email(4, contact="email:ann.old@example.com"))
     append("linked", customer_event("identity_linked", 5, customer_id="cu-ann",
                                     contact="phone:+14155550100"))  # fmt: skip

@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0011_dead_letter_redaction"
+HEAD = "0012_timeline_by_time"
 
 
 def tables(url: str) -> set[str]:

@@ -379,3 +379,94 @@ def test_the_one_query_context_agrees_with_the_summary(
                 for c in full.open_conversations
             ]
         assert views.context(conn, "cu-nobody") is None
+
+
+def test_a_customer_merged_into_one_without_a_profile_reads_alike_everywhere(
+    store: Store, runner: ProjectionRunner
+) -> None:
+    """Profiles and identities stay under the ids merged in: the context picks the profile
+    the summary picks, and a target that has rows only through the merge is found."""
+    store.append_batch(
+        [
+            customer_event(
+                "registered",
+                "cu-small",
+                account_value=1e6,
+                churn_risk=0.9,
+                contacts=["email:small@example.com"],
+            ),
+            interaction("sms.received", 0, "c-1", customer="cu-small"),
+            interaction("email.received", 1, "c-2", customer="cu-big"),
+            customer_event("merged", "cu-big", source_customer_id="cu-small"),
+            customer_event("registered", "cu-quiet", contacts=["email:quiet@example.com"]),
+            customer_event("merged", "cu-empty", source_customer_id="cu-quiet"),
+        ]
+    )
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        full = views.customer(conn, "cu-big", now=LATER)
+        small = views.context(conn, "cu-big", now=LATER)
+        assert small is not None
+        assert (small["priority"], small["account_value"]) == (full.priority, 1e6)
+        assert full.priority > 0
+        for name in ("cu-empty", "cu-quiet"):
+            assert views.find_customer_read(name).run(conn) == "cu-empty"
+            found = views.context(conn, name, now=LATER)
+            assert found is not None
+            assert found["customer_id"] == "cu-empty"
+
+
+def test_a_contact_is_unlinked_by_the_customer_it_was_merged_into(
+    store: Store, runner: ProjectionRunner
+) -> None:
+    store.append_batch(
+        [
+            customer_event("registered", "cu-small", contacts=["email:alice@example.com"]),
+            interaction("email.received", 0, "c-1", customer=None),
+            customer_event("registered", "cu-big"),
+            customer_event("merged", "cu-big", source_customer_id="cu-small"),
+        ]
+    )
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        assert views.lookup_customer(conn, "email:alice@example.com") == "cu-big"
+    unlink = customer_event(
+        "identity_unlinked", "cu-big", contact="email:alice@example.com", reason="wrong person"
+    )
+    store.append_batch([unlink])
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        assert views.lookup_customer(conn, "email:alice@example.com").startswith("pc-")
+        assert views.customer(conn, "cu-big", now=LATER).interactions == 0
+
+
+def test_the_timeline_is_newest_first_by_when_things_happened(
+    store: Store, runner: ProjectionRunner
+) -> None:
+    """A backfill reaches the log after newer interactions: pages still go by occurred_at
+    (the log's order breaking ties), and a cursor walks them without a skip or a repeat,
+    filters too."""
+    batches = [
+        [interaction("email.received", 600, "c-1")],
+        [interaction("call.completed", 60, "c-2", status="answered")],  # imported late
+        [interaction("sms.received", 600, "c-3")],  # the same moment as the email
+        [interaction("chat.message", 30, "c-4"), interaction("email.sent", 700, "c-1")],
+    ]
+    for batch in batches:
+        store.append_batch(batch)
+    runner.catch_up()
+    with store.pool.connection() as conn:
+        items = views.timeline(conn, "cu-1")
+        expected = [("email.sent", 700), ("sms.received", 600), ("email.received", 600),
+                    ("call.completed", 60), ("chat.message", 30)]  # fmt: skip
+        assert [(i.type, (i.occurred_at - T0).total_seconds() / 60) for i in items] == expected
+        walked, before = [], None
+        while page := views.timeline(conn, "cu-1", limit=2, before=before):
+            walked += page
+            before = page[-1].position
+        assert walked == items
+        emails = views.timeline(conn, "cu-1", channel="email", limit=1)
+        assert [i.type for i in emails] == ["email.sent"]
+        older = views.timeline(conn, "cu-1", channel="email", before=emails[0].position)
+        assert [i.type for i in older] == ["email.received"]
+        assert views.customer(conn, "cu-1", now=LATER).last_contact_at == items[0].occurred_at
