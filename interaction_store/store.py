@@ -1118,19 +1118,30 @@ def _nul_path(value: Any, path: str = "") -> str:
 
 
 class _Listener:
-    """A dedicated LISTEN connection that wakes a waiting reader."""
+    """A dedicated LISTEN connection that wakes a waiting reader. Lost (the server
+    restarted), it is opened again at most every ``retry_seconds``, polling meanwhile."""
+
+    retry_seconds = 5.0
 
     def __init__(self, conninfo: str, channel: str) -> None:
         self._conn: psycopg.Connection[Any] | None = None
+        self._conninfo, self._channel = conninfo, channel
+        self._next_try = 0.0
+        self._listen()
+
+    def _listen(self) -> None:
+        self._next_try = time.monotonic() + self.retry_seconds
         try:
-            self._conn = psycopg.connect(conninfo, autocommit=True)
-            self._conn.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.Identifier(channel)))
+            self._conn = psycopg.connect(self._conninfo, autocommit=True)
+            self._conn.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.Identifier(self._channel)))
         except psycopg.Error as exc:  # polling alone still works
-            log.warning("cannot LISTEN for wake-ups, polling only: %s", exc)
+            log.warning("cannot LISTEN for wake-ups, polling until it can: %s", exc)
             self.close()
 
     def wait(self, timeout: float) -> bool:
         """Block until a wake-up arrives or ``timeout`` seconds pass; True if woken."""
+        if self._conn is None and time.monotonic() >= self._next_try:
+            self._listen()
         if self._conn is None:
             time.sleep(timeout)
             return False
@@ -1139,7 +1150,7 @@ class _Listener:
             for _ in self._conn.notifies(timeout=timeout, stop_after=1):
                 woken = True
         except psycopg.Error as exc:
-            log.warning("lost the LISTEN connection, polling only: %s", exc)
+            log.warning("lost the LISTEN connection, polling until it is back: %s", exc)
             self.close()
         return woken
 

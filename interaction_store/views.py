@@ -307,7 +307,8 @@ class ConversationSummary:
 def follow_ups(conn: psycopg.Connection[Any], conversation_ids: list[str]) -> list[FollowUp]:
     """The follow-ups that involve these conversations, as the waiting one or as the one
     followed up with: for each wait, the same customer's inbound interactions on another
-    channel from its start until its end (or now)."""
+    channel from its start until its end (or now), by when they happened (the log's
+    order breaking ties), however late they reached the log."""
     rows = conn.execute(
         """
         SELECT t.position, t.occurred_at, t.channel, t.type, t.conversation_id,
@@ -317,18 +318,23 @@ def follow_ups(conn: psycopg.Connection[Any], conversation_ids: list[str]) -> li
             ON w.conversation_id = s.conversation_id AND w.started_position = s.position
           JOIN timeline AS t
             ON t.customer_id = s.customer_id AND t.direction = 'inbound'
-           AND t.channel <> w.channel AND t.position > w.started_position
-           AND (w.ended_position IS NULL OR t.position <= w.ended_position)
+           AND t.channel <> w.channel
+           AND (t.occurred_at, t.position) > (s.occurred_at, s.position)
+           AND (w.ended_position IS NULL
+                OR (t.occurred_at, t.position) <= (w.ended_at, w.ended_position))
          WHERE w.conversation_id = ANY (%(ids)s)
         UNION
         SELECT t.position, t.occurred_at, t.channel, t.type, t.conversation_id,
                w.conversation_id, w.started_position
           FROM timeline AS t
-          JOIN timeline AS s ON s.customer_id = t.customer_id AND s.position < t.position
+          JOIN timeline AS s
+            ON s.customer_id = t.customer_id
+           AND (s.occurred_at, s.position) < (t.occurred_at, t.position)
           JOIN conversation_waits AS w
             ON w.conversation_id = s.conversation_id AND w.started_position = s.position
            AND w.channel <> t.channel
-           AND (w.ended_position IS NULL OR t.position <= w.ended_position)
+           AND (w.ended_position IS NULL
+                OR (t.occurred_at, t.position) <= (w.ended_at, w.ended_position))
          WHERE t.conversation_id = ANY (%(ids)s) AND t.direction = 'inbound'
          ORDER BY 1, 7
         """,

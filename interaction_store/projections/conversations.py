@@ -154,7 +154,12 @@ class _Batch:
             self.cases.setdefault(joined, []).append(member)
 
     def end_wait(self, conversation_id: str, event: RecordedEvent, ended_by: str) -> None:
-        wait = self.open_waits.pop(conversation_id, None)
+        wait = self.open_waits.get(conversation_id)
+        if wait is not None and event.occurred_at < wait.started_at and ended_by == "response":
+            # A reply that happened before the message waiting (it reached the log late,
+            # from a mailbox polled later): it answered something else.
+            return
+        self.open_waits.pop(conversation_id, None)
         if wait is not None:
             wait.ended_position = event.position
             wait.ended_at = max(event.occurred_at, wait.started_at)

@@ -470,3 +470,28 @@ def test_the_timeline_is_newest_first_by_when_things_happened(
         older = views.timeline(conn, "cu-1", channel="email", before=emails[0].position)
         assert [i.type for i in older] == ["email.received"]
         assert views.customer(conn, "cu-1", now=LATER).last_contact_at == items[0].occurred_at
+
+
+def test_what_reaches_the_log_late_takes_its_place_in_time(
+    store: Store, runner: ProjectionRunner
+) -> None:
+    """A mailbox polled late: the email written before the missed call came after it in
+    the log, and an agent's reply written before the customer's next message came last.
+    Follow-ups go by when things happened, and that reply answers no later message."""
+    for batch in (
+        [interaction("call.completed", 2, "c-call", status="missed")],
+        [interaction("email.received", 0, "c-mail")],  # happened first, arrived second
+        [interaction("sms.received", 10, "c-sms")],
+        [interaction("sms.sent", 5, "c-sms", agent_id="ag-1")],  # before the SMS it follows
+    ):
+        store.append_batch(batch)
+    runner.catch_up()
+    mail, call, text = (summary(store, c) for c in ("c-mail", "c-call", "c-sms"))
+    assert [(f.channel, f.conversation_id) for f in mail.follow_ups] == [
+        ("voice", "c-call"),
+        ("sms", "c-sms"),
+    ]
+    assert [f.waiting_conversation_id for f in mail.follows_up] == []  # nothing came before
+    assert [f.waiting_conversation_id for f in call.follows_up] == ["c-mail"]
+    assert text.awaiting_since == T0 + timedelta(minutes=10)  # still waiting: unanswered
+    assert [(w.ended_by, w.breached) for w in text.waits] == [(None, True)]

@@ -6,9 +6,10 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 from interaction_store import Checkpoint
-from interaction_store.store import RecordedEvent, Store
+from interaction_store.store import RecordedEvent, Store, _Listener
 from tests.helpers import sms
 
 
@@ -90,3 +91,35 @@ def test_a_lost_notification_costs_latency_not_events(pool: object, store: Store
     thread.join(10)
     deaf.close()
     assert [e.stream_version for e in received] == [1, 2, 3]
+
+
+def test_a_lost_listen_connection_is_opened_again(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server drops the follower's LISTEN connection (a restart, a failover): the
+    follower listens again instead of polling at its slow interval from then on."""
+    monkeypatch.setattr(_Listener, "retry_seconds", 0.2, raising=False)
+    arrived = threading.Event()
+    stop = threading.Event()
+
+    def follow() -> None:
+        for _ in store.follow(Checkpoint.START, poll_interval=30, stop=stop):
+            arrived.set()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.5)  # into its wait
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        dropped = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+        ).fetchone()
+    assert dropped == (1,)
+    time.sleep(1.0)  # it notices, and listens again
+    store.append("s-1", [sms(1)])
+    try:
+        assert arrived.wait(10), "the follower was not woken: it polls at 30 s"
+    finally:
+        stop.set()
+        store.append("s-1", [sms(2)])
+        thread.join(40)
