@@ -55,30 +55,22 @@ def test_append_from_stdin_reports_bad_lines_and_keeps_the_good(run, database_ur
     assert count_events(database_url) == 3
 
 
-def test_append_reports_a_conflicting_line_and_appends_the_rest(run, database_url) -> None:  # type: ignore[no-untyped-def]
-    original = sms(1, text="original")
-    assert run("append", "-", input=ndjson([original])).exit_code == 0
-    changed = {**original, "data": {**original["data"], "text": "changed"}}
-    result = run("append", "-", input=ndjson([sms(2), changed, sms(3)]))
-    assert result.exit_code == 1
-    assert "appended 2, already present 0, rejected 1" in result.output
-    assert "line 2: event" in result.output
-    assert "different content" in result.output
-    assert count_events(database_url) == 3
-
-
-@pytest.mark.parametrize("batch_size", ["1", "2"])
-def test_a_conflicting_line_alone_in_its_batch_is_reported_and_the_rest_appended(  # type: ignore[no-untyped-def]
-    run, database_url, batch_size
+@pytest.mark.parametrize(
+    ("batch_size", "place"),
+    [("500", 2), ("1", 3), ("2", 3)],  # in a batch of good lines, and alone in its batch
+)
+def test_append_reports_a_conflicting_line_and_appends_the_rest(  # type: ignore[no-untyped-def]
+    run, database_url, batch_size, place
 ) -> None:
     original = sms(1, text="original")
     assert run("append", "-", input=ndjson([original])).exit_code == 0
     changed = {**original, "data": {**original["data"], "text": "changed"}}
-    lines = ndjson([sms(2), sms(3), changed])  # the last batch holds that line alone
-    result = run("append", "-", "--batch-size", batch_size, input=lines)
+    lines = [sms(2), sms(3)]
+    lines.insert(place - 1, changed)
+    result = run("append", "-", "--batch-size", batch_size, input=ndjson(lines))
     assert result.exit_code == 1, result.output
     assert "appended 2, already present 0, rejected 1" in result.output
-    assert "line 3: event" in result.output
+    assert f"line {place}: event" in result.output
     assert "different content" in result.output
     assert count_events(database_url) == 3
 
