@@ -71,16 +71,16 @@ def test_a_conversation_on_x_is_one_thread_in_the_customers_timeline(
         customer = views.lookup_customer(conn, "twitter:2222222222")
         assert customer is not None
         items = views.timeline(conn, customer)
-    assert [(i.type, i.direction) for i in items] == [
-        ("tweet.sent", "outbound"),  # the direct messages, newest first
-        ("tweet.received", "inbound"),
-        ("tweet.received", "inbound"),  # the reply to our reply
-        ("tweet.sent", "outbound"),
-        ("tweet.received", "inbound"),  # the first mention
+    assert [(i.type, i.direction) for i in items] == [  # newest first, by when written
+        ("tweet.received", "inbound"),  # 10:02, the reply to our reply
+        ("tweet.sent", "outbound"),  # 09:55, our reply
+        ("tweet.sent", "outbound"),  # 09:51, the direct messages
+        ("tweet.received", "inbound"),  # 09:46
+        ("tweet.received", "inbound"),  # 09:41, the first mention
     ]
-    public = {i.conversation_id for i in items[2:]}
+    public = {items[i].conversation_id for i in (0, 1, 4)}
     assert len(public) == 1  # the mention, our reply and theirs: one conversation
-    assert {i.conversation_id for i in items[:2]}.isdisjoint(public)
+    assert {i.conversation_id for i in items[2:4]}.isdisjoint(public)
 
 
 def test_a_delivery_is_stored_once_however_often_it_comes(
