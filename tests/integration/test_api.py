@@ -451,13 +451,13 @@ def test_a_start_that_fails_leaves_nothing_open(
 
 def test_since_and_until_need_their_utc_offset(api: Api) -> None:
     """A time without its offset would be read in the database server's time zone."""
-    append(api, [sms(1, customer_id="cu-1")])
+    position = append(api, [sms(1, customer_id="cu-1")])["position"]
     timeline = "/v1/customers/cu-1/timeline"
     for name in ("since", "until"):
         naive = api.client.get(timeline, params={name: "2026-11-02T08:00:00"}, headers=api.reader)
         assert naive.status_code == 422, naive.text
         assert naive.json()["errors"][0]["field"] == name
-    aware = api.client.get(
-        timeline, params={"since": "2026-11-02T03:00:00-05:00"}, headers=api.reader
-    )
-    assert aware.status_code == 200
+    since = {"since": "2026-11-02T03:00:00-05:00", "min_position": position}
+    aware = api.client.get(timeline, params=since, headers=api.reader)
+    assert aware.status_code == 200, aware.text
+    assert [i["position"] for i in aware.json()["items"]] == [position]
