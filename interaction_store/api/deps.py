@@ -129,8 +129,7 @@ def require(scope: str) -> object:
                 "send an API key: Authorization: Bearer isk_...",
                 headers=_CHALLENGE,
             )
-        remembered = svc.remembered_key(token)
-        key = await run_in_threadpool(svc.verify, token) if remembered is False else remembered
+        key = await _key_of(svc, token)
         if key is None:
             raise Problem(
                 401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE
@@ -146,9 +145,14 @@ async def still_allowed(svc: Service, request: Request, scope: str) -> bool:
     """Whether the request's key still carries ``scope``, for an answer that lasts (the
     live timeline): asked again as the key cache expires, a revocation ends it."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    remembered = svc.remembered_key(token)
-    key = await run_in_threadpool(svc.verify, token) if remembered is False else remembered
+    key = await _key_of(svc, token)
     return key is not None and key.allows(scope)
+
+
+async def _key_of(svc: Service, token: str) -> ApiKey | None:
+    """The key's record, from the service's cache or looked up (None: unknown, revoked)."""
+    remembered = svc.remembered_key(token)
+    return await run_in_threadpool(svc.verify, token) if remembered is False else remembered
 
 
 Reader = Annotated[ApiKey, require("timeline:read")]
