@@ -9,10 +9,11 @@ of policy needs no rebuild.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
 import orjson
@@ -89,8 +90,10 @@ def _first_column(rows: Rows) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-@dataclass(frozen=True, slots=True)
-class TimelineItem:
+class TimelineItem(NamedTuple):
+    """One interaction on a customer's timeline: a row of the view as it is read (a named
+    tuple, made in C: a page of them costs a fraction of what frozen dataclasses do)."""
+
     position: int
     event_id: UUID
     customer_id: str
@@ -176,31 +179,6 @@ def timeline_read(
     until: datetime | None = None,
 ) -> Read[list[TimelineItem]]:
     """``timeline`` as a ``Read``: only the filters asked for go into the statement."""
-    filters = {
-        # the page after the item at ``before``, in the order below
-        "(occurred_at, position) < (SELECT b.occurred_at, b.position FROM timeline AS b"
-        " WHERE b.position = %(before)s)": before,
-        "channel = %(channel)s": channel,
-        "type = %(type)s": type,
-        "conversation_id = %(conversation)s": conversation_id,
-        "occurred_at >= %(since)s": since,
-        "occurred_at < %(until)s": until,
-    }
-    conditions = [sql.SQL(f"AND {c}") for c, value in filters.items() if value is not None]
-    statement = sql.SQL(
-        """
-        SELECT position, event_id, customer_id, occurred_at, channel, direction, type,
-               conversation_id, agent_id, contact_kind || ':' || contact_value, subject,
-               snippet
-          FROM timeline
-         WHERE customer_id = """
-        + _RESOLVED
-        + """
-           {conditions}
-         ORDER BY occurred_at DESC, position DESC
-         LIMIT %(limit)s
-        """
-    ).format(conditions=sql.SQL(" ").join(conditions))
     params = {
         "customer": customer_id,
         "before": before,
@@ -211,7 +189,38 @@ def timeline_read(
         "until": until,
         "limit": limit,
     }
-    return Read(statement, params, _timeline_items)
+    filters = tuple(name for name in _TIMELINE_FILTERS if params[name] is not None)
+    return Read(_timeline_statement(filters), params, _timeline_items)
+
+
+#: Each filter of the timeline, by its parameter, as a condition.
+_TIMELINE_FILTERS = {
+    # the page after the item at ``before``, in the order below
+    "before": "(occurred_at, position) < (SELECT b.occurred_at, b.position FROM timeline AS b"
+    " WHERE b.position = %(before)s)",
+    "channel": "channel = %(channel)s",
+    "type": "type = %(type)s",
+    "conversation": "conversation_id = %(conversation)s",
+    "since": "occurred_at >= %(since)s",
+    "until": "occurred_at < %(until)s",
+}
+
+
+@functools.cache
+def _timeline_statement(filters: tuple[str, ...]) -> str:
+    """The timeline's statement with these filters: made once for each combination (a
+    plain string, which psycopg also converts once, where a composed one costs both on
+    every read)."""
+    conditions = "".join(f" AND {_TIMELINE_FILTERS[name]}" for name in filters)
+    return f"""
+        SELECT position, event_id, customer_id, occurred_at, channel, direction, type,
+               conversation_id, agent_id, contact_kind || ':' || contact_value, subject,
+               snippet
+          FROM timeline
+         WHERE customer_id = {_RESOLVED}{conditions}
+         ORDER BY occurred_at DESC, position DESC
+         LIMIT %(limit)s
+        """
 
 
 def _timeline_items(rows: Rows) -> list[TimelineItem]:

@@ -141,9 +141,11 @@ def _body(
 
 
 def _plain(value: Any) -> Any:
-    """Dataclasses, datetimes and UUIDs as JSON-ready values."""
+    """Dataclasses, named tuples, datetimes and UUIDs as JSON-ready values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a named tuple
+        return _plain(value._asdict())
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

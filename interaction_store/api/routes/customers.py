@@ -29,8 +29,16 @@ from interaction_store.api.models import (
 )
 from interaction_store.api.problems import JSON, Problem
 from interaction_store.asof import as_of, parse_as_of, recorded_at
+from interaction_store.keys import ApiKey
 
-__all__ = ["conversation_json", "item_json", "not_found", "router"]
+__all__ = [
+    "conversation_json",
+    "item_json",
+    "not_found",
+    "position_of",
+    "router",
+    "timeline_answer",
+]
 
 router = APIRouter(tags=["customers"], dependencies=[Fresh])
 T = TypeVar("T")
@@ -192,7 +200,8 @@ def _cursor(position: int) -> str:
     return base64.urlsafe_b64encode(f"p{position}".encode()).decode().rstrip("=")
 
 
-def _position_of(cursor: str) -> int:
+def position_of(cursor: str) -> int:
+    """The position a ``next_cursor`` stands for (a 422 problem for any other text)."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not text.startswith("p"):
@@ -228,22 +237,45 @@ async def customer_timeline(
     read = views.timeline_read(
         customer_id,
         limit=limit,
-        before=_position_of(cursor) if cursor else None,
+        before=position_of(cursor) if cursor else None,
         channel=channel,
         type=type,
         conversation_id=conversation_id,
         since=since,
         until=until,
     )
-    if as_of is not None:
-        items, found = await run_in_threadpool(_timeline_then, svc, customer_id, read, as_of)
+    if as_of is None:
+        return await timeline_answer(svc, key, customer_id, read, limit)
+    items, found = await run_in_threadpool(_timeline_then, svc, customer_id, read, as_of)
+    return _timeline_page(svc, key, customer_id, items, found, limit)
+
+
+async def timeline_answer(
+    svc: Service,
+    key: ApiKey,
+    customer_id: str,
+    read: views.Read[list[views.TimelineItem]],
+    limit: int,
+) -> JSON:
+    """The page ``read`` gives of ``customer_id``'s timeline now, read for ``key`` (the
+    route's answer, and the hot lane's: see ``api.hot``)."""
+    items = await _read(svc, read)
+    # One query when there are items; only an empty page asks whether the customer is.
+    if items:
+        found: str | None = items[0].customer_id
     else:
-        items = await _read(svc, read)
-        # One query when there are items; only an empty page asks whether the customer is.
-        if items:
-            found = items[0].customer_id
-        else:
-            found = await _read(svc, views.find_customer_read(customer_id))
+        found = await _read(svc, views.find_customer_read(customer_id))
+    return _timeline_page(svc, key, customer_id, items, found, limit)
+
+
+def _timeline_page(
+    svc: Service,
+    key: ApiKey,
+    customer_id: str,
+    items: list[views.TimelineItem],
+    found: str | None,
+    limit: int,
+) -> JSON:
     if found is None:
         raise not_found(customer_id)
     svc.accessed(key, found, "timeline")

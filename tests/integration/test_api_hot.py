@@ -1,0 +1,196 @@
+"""The hot lane of the timeline (``api.hot``): it answers plain requests itself, exactly as
+the app's route does, and leaves every other request to the app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from psycopg_pool import ConnectionPool
+from starlette.types import Message, Receive, Scope, Send
+
+from interaction_store.api import create_app
+from interaction_store.api.hot import HotReads
+from interaction_store.demo import story
+from interaction_store.keys import create_key
+from interaction_store.settings import Settings
+
+CUSTOMER = "cu-northwind-mchen"
+TIMELINE = f"/v1/customers/{CUSTOMER}/timeline"
+
+
+class Harness:
+    """The app with the story appended and read into the views, a reader's and an
+    appender's key, and a way to call the hot lane alone, with the app behind it
+    replaced by one that only notes what reached it."""
+
+    def __init__(self, client: TestClient, reader: str, appender: str, last: int) -> None:
+        self.client, self.reader, self.appender, self.last = client, reader, appender, last
+        self.passed_on: list[str] = []
+
+    def via_app(self, path: str, params: dict[str, Any]) -> tuple[int, bytes]:
+        """The app's own answer: ``min_position`` (reached already, so it changes nothing
+        in the answer) is a parameter the hot lane leaves to the app."""
+        headers = {"Authorization": f"Bearer {self.reader}"}
+        answer = self.client.get(
+            path, params={**params, "min_position": self.last}, headers=headers
+        )
+        return answer.status_code, answer.content
+
+    def via_lane(
+        self,
+        path: str,
+        query: str = "",
+        *,
+        token: str | None = None,
+        method: str = "GET",
+    ) -> tuple[int, bytes] | None:
+        """The hot lane's answer, or None when it passed the request on."""
+        token = self.reader if token is None else token
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": [(b"host", b"test"), (b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        messages: list[Message] = []
+
+        async def app_behind(scope: Scope, receive: Receive, send: Send) -> None:
+            self.passed_on.append(f"{scope['path']}?{query}")
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            messages.append(message)
+
+        lane = HotReads(app_behind, service=lambda: self.client.app.state.service)  # type: ignore[attr-defined]
+        before = len(self.passed_on)
+        assert self.client.portal is not None
+        self.client.portal.call(lane, scope, receive, send)
+        if len(self.passed_on) > before:
+            assert not messages
+            return None
+        status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        return status, body
+
+
+@pytest.fixture
+def hot(pool: ConnectionPool[Any], database_url: str) -> Iterator[Harness]:
+    reader = create_key(pool, "hot reader", ["timeline:read"])[0]
+    appender = create_key(pool, "hot appender", ["events:append"])[0]
+    settings = Settings(database_url=database_url)
+    with TestClient(create_app(settings, pool=pool), raise_server_exceptions=False) as client:
+        appended = client.post(
+            "/v1/events", json={"events": story()}, headers={"Authorization": f"Bearer {appender}"}
+        )
+        assert appended.status_code == 201, appended.text
+        harness = Harness(client, reader, appender, appended.json()["position"])
+        status, _ = harness.via_app(TIMELINE, {})  # waits for the views; checks the key
+        assert status == 200
+        yield harness
+
+
+def test_plain_pages_are_answered_by_the_lane_as_the_app_answers_them(hot: Harness) -> None:
+    first = hot.via_lane(TIMELINE, "limit=2")
+    assert first is not None
+    assert first == hot.via_app(TIMELINE, {"limit": 2})
+    page = orjson.loads(first[1])
+    assert len(page["items"]) == 2
+    assert page["next_cursor"]
+    cases: list[dict[str, Any]] = [
+        {},
+        {"limit": 1},
+        {"limit": 500},
+        {"limit": 2, "cursor": page["next_cursor"]},
+        {"channel": "email"},
+        {"channel": "voice", "limit": 3},
+        {"type": "call.completed"},
+        {"conversation_id": page["items"][0]["conversation_id"]},
+        {"type": "tweet.sent"},  # an empty page of a known customer
+    ]
+    for params in cases:
+        lane = hot.via_lane(TIMELINE, urlencode(params))
+        assert lane is not None, params
+        assert lane == hot.via_app(TIMELINE, params), params
+        assert lane[0] == 200
+    assert hot.passed_on == []
+
+
+def test_problems_are_answered_as_the_app_answers_them(hot: Harness) -> None:
+    unknown = "/v1/customers/cu-nobody/timeline"
+    for path, params in ((unknown, {}), (TIMELINE, {"cursor": "bm90LWEtY3Vyc29y"})):
+        lane = hot.via_lane(path, urlencode(params))
+        assert lane is not None
+        assert lane == hot.via_app(path, params)
+        assert lane[0] in (404, 422)
+    assert hot.passed_on == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "as_of=1",
+        "since=2026-01-01T00:00:00Z",
+        "until=2026-01-01T00:00:00Z",
+        "min_position=1",
+        "chanel=email",  # misspelt: the app refuses it
+        "limit=2&limit=3",
+        "limit=0",
+        "limit=501",
+        "limit=05",
+        "limit=two",
+        "channel=fax",
+        "channel=",
+        "type=",
+        "type=" + "x" * 101,
+        "conversation_id=a%00b",
+    ],
+)
+def test_other_parameters_are_left_to_the_app(hot: Harness, query: str) -> None:
+    assert hot.via_lane(TIMELINE, query) is None
+
+
+def test_other_requests_and_keys_are_left_to_the_app(
+    hot: Harness, pool: ConnectionPool[Any]
+) -> None:
+    unseen = create_key(pool, "never used", ["timeline:read"])[0]
+    appender = hot.appender  # checked by the app when it appended, but not a reader
+    assert hot.via_lane(TIMELINE, token=unseen) is None  # the app checks a key first
+    assert hot.via_lane(TIMELINE, token=appender) is None  # the app answers 403
+    assert hot.via_lane(TIMELINE, token="isk_nonsense") is None
+    assert hot.via_lane(TIMELINE, method="POST") is None
+    assert hot.via_lane(TIMELINE + "/") is None
+    assert hot.via_lane(TIMELINE + "/live") is None
+    assert hot.via_lane(f"/v1/customers/{CUSTOMER}/context") is None
+    assert hot.via_lane("/v1/customers/" + "c" * 251 + "/timeline") is None
+    # Once the app has checked the new key, the lane takes its requests.
+    status = hot.client.get(TIMELINE, headers={"Authorization": f"Bearer {unseen}"}).status_code
+    assert status == 200
+    assert hot.via_lane(TIMELINE, token=unseen) is not None
+
+
+def test_lane_answers_are_timed_under_their_route(hot: Harness) -> None:
+    """The fixture's read went through the app; these three take the lane (their key is
+    in the cache now): all four are counted under the route."""
+    headers = {"Authorization": f"Bearer {hot.reader}"}
+    for _ in range(3):
+        assert hot.client.get(TIMELINE, headers=headers).status_code == 200
+    assert hot.via_lane(TIMELINE) is not None  # the lane takes such a request
+    assert (
+        'interaction_store_http_request_seconds_count{method="GET",'
+        'route="/v1/customers/{customer_id}/timeline",status="200"} 4.0'
+    ) in hot.client.get("/metrics").text
