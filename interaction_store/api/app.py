@@ -5,7 +5,6 @@ projector beside the API.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import threading
 import time
@@ -154,11 +153,6 @@ def create_app(
 
                 stack.callback(stop)
             app.state.service = svc
-            # What the start made (modules, models, pools) lives as long as the service:
-            # out of the collector's sight, a full collection no longer walks all of it,
-            # which stalled every request in flight for tens of milliseconds.
-            gc.collect()
-            gc.freeze()
             yield
 
     app = FastAPI(
