@@ -6,6 +6,7 @@ themselves and pass it on.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,12 @@ class Settings(BaseSettings):
     )
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=10, ge=1)
+    context_reads_at_once: int = Field(
+        default_factory=lambda: 2 * (os.cpu_count() or 1),
+        ge=1,
+        description="Most routing contexts read from PostgreSQL at once (twice the cores by"
+        " default); more requests wait their turn in the service.",
+    )
     max_event_bytes: int = Field(
         default=MIB, ge=1024, description="Largest accepted event (its data as JSON)."
     )

@@ -4,6 +4,7 @@ projector beside the API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -64,7 +65,14 @@ class Service:
     #: How long a verified (or refused) API key is remembered: a revocation takes effect
     #: within this long, in open live timelines too.
     key_cache_seconds: float = KEY_CACHE_SECONDS
+    #: Turns to read a routing context (``context_reads_at_once``): its query is heavy for
+    #: PostgreSQL, and more of them at once than its cores run only queue there, taking
+    #: the service's own core from it, so every answer waits longer (see README).
+    context_slots: asyncio.Semaphore = field(init=False)
     _keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.context_slots = asyncio.Semaphore(self.settings.context_reads_at_once)
 
     def remembered_key(self, token: str) -> ApiKey | Literal[False] | None:
         """The key's record if it was verified (or refused: None) in the last

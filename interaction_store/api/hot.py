@@ -1,12 +1,14 @@
-"""The hottest read, answered before FastAPI's routing: a page of a customer's timeline.
+"""The hot reads, answered before FastAPI's routing: a page of a customer's timeline and
+the routing context of a ringing call.
 
-Agent tools page through timelines all day, and FastAPI's own work for such a request
-(matching the route, solving its dependencies, validating a dozen parameters one by one)
-costs more than the read itself. This lane answers the plain form of the request with the
-route's own code for the read and the answer (``timeline_answer``), so the two lanes
-cannot answer differently:
+Agent tools read these all day, and FastAPI's own work for such a request (matching the
+route, solving its dependencies, validating a dozen parameters one by one) costs more
+than the read itself. This lane answers the plain form of the two requests with the
+routes' own code for the read and the answer (``timeline_answer``, ``context_answer``),
+so the two lanes cannot answer differently:
 
     GET /v1/customers/{customer_id}/timeline[?limit=&cursor=&channel=&type=&conversation_id=]
+    GET /v1/customers/{customer_id}/context
 
 It takes a request only when every parameter is plainly valid and its API key was checked
 within the service's key cache; anything else (``as_of``, ``since``, ``min_position``, a
@@ -15,10 +17,6 @@ the app, which checks and answers it as always. A problem the shared code raises
 unknown customer, a cursor this API never gave) is answered as the app's handler would.
 The request still passes the service's middleware (latency metrics, the last-resort 500),
 under its route's name.
-
-The routing context is not taken here: its query costs PostgreSQL more than FastAPI costs
-the service, so on a small machine a faster service only queues more of them on the
-database's cores, and their slowest answers grow (measured with ``bench/api.py``).
 """
 
 from __future__ import annotations
@@ -33,12 +31,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from interaction_store import views
 from interaction_store.api.app import Service
 from interaction_store.api.problems import JSON, Problem, problem_response
-from interaction_store.api.routes.customers import position_of, timeline_answer
+from interaction_store.api.routes.customers import (
+    context_answer,
+    position_of,
+    timeline_answer,
+)
 from interaction_store.keys import ApiKey
 
 __all__ = ["HotReads"]
 
-_PATH: Final = re.compile(r"/v1/customers/([^/]+)/timeline")
+_PATH: Final = re.compile(r"/v1/customers/([^/]+)/(timeline|context)")
 #: The timeline's parameters this lane reads itself, with their largest length.
 _TIMELINE_PARAMETERS: Final = {
     "limit": 3,
@@ -58,12 +60,15 @@ class _Route(NamedTuple):
     path: str
 
 
-#: The route this lane stands in for (the metrics name a request by its route).
-_ROUTE: Final = _Route("/v1/customers/{customer_id}/timeline")
+#: The routes this lane stands in for, by endpoint (the metrics name requests by them).
+_ROUTES: Final = {
+    endpoint: _Route(f"/v1/customers/{{customer_id}}/{endpoint}")
+    for endpoint in ("timeline", "context")
+}
 
 
 class HotReads:
-    """ASGI middleware: the plain timeline requests, answered without routing.
+    """ASGI middleware: the plain timeline and context requests, answered without routing.
 
     ``service`` gives the running ``Service`` (None before the lifespan has started)."""
 
@@ -89,7 +94,7 @@ class HotReads:
         match = _PATH.fullmatch(scope["path"])
         if match is None:
             return None
-        customer_id = match.group(1)
+        customer_id, endpoint = match.groups()
         svc = self.service()
         if svc is None or len(customer_id) > _MAX_ID or "\x00" in customer_id:
             return None
@@ -99,6 +104,11 @@ class HotReads:
         query = _plain_query(scope["query_string"])
         if query is None:
             return None
+        if endpoint == "context":
+            if query:  # min_position, or a parameter to refuse
+                return None
+            scope["route"] = _ROUTES["context"]
+            return lambda: context_answer(svc, key, customer_id)
         if any(len(value) > _TIMELINE_PARAMETERS.get(name, -1) for name, value in query.items()):
             return None
         limit = query.get("limit", "50")
@@ -107,7 +117,7 @@ class HotReads:
             return None
         if channel is not None and channel not in _CHANNELS:
             return None
-        scope["route"] = _ROUTE
+        scope["route"] = _ROUTES["timeline"]
 
         async def timeline() -> JSON:
             cursor = query.get("cursor")

@@ -1,9 +1,11 @@
-"""The hot lane of the timeline (``api.hot``): it answers plain requests itself, exactly as
-the app's route does, and leaves every other request to the app."""
+"""The hot lane of the timeline and the context (``api.hot``): it answers plain requests
+itself, exactly as the app's routes do, and leaves every other request to the app."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,6 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from interaction_store.api import create_app
 from interaction_store.api.hot import HotReads
+from interaction_store.api.routes import customers
 from interaction_store.demo import story
 from interaction_store.keys import create_key
 from interaction_store.settings import Settings
@@ -175,7 +178,7 @@ def test_other_requests_and_keys_are_left_to_the_app(
     assert hot.via_lane(TIMELINE, method="POST") is None
     assert hot.via_lane(TIMELINE + "/") is None
     assert hot.via_lane(TIMELINE + "/live") is None
-    assert hot.via_lane(f"/v1/customers/{CUSTOMER}/context") is None
+    assert hot.via_lane(f"/v1/customers/{CUSTOMER}") is None  # the summary
     assert hot.via_lane("/v1/customers/" + "c" * 251 + "/timeline") is None
     # Once the app has checked the new key, the lane takes its requests.
     status = hot.client.get(TIMELINE, headers={"Authorization": f"Bearer {unseen}"}).status_code
@@ -194,3 +197,46 @@ def test_lane_answers_are_timed_under_their_route(hot: Harness) -> None:
         'interaction_store_http_request_seconds_count{method="GET",'
         'route="/v1/customers/{customer_id}/timeline",status="200"} 4.0'
     ) in hot.client.get("/metrics").text
+
+
+def test_plain_contexts_are_answered_by_the_lane_as_the_app_answers_them(hot: Harness) -> None:
+    for customer in (CUSTOMER, "cu-nobody"):
+        path = f"/v1/customers/{customer}/context"
+        lane = hot.via_lane(path)
+        assert lane is not None
+        assert lane == hot.via_app(path, {})
+    assert hot.passed_on == []
+    context = f"/v1/customers/{CUSTOMER}/context"
+    assert hot.via_lane(context, "min_position=1") is None
+    assert hot.via_lane(context, "limit=2") is None  # the app refuses it
+    assert hot.via_lane(context, token=hot.appender) is None
+
+
+def test_contexts_are_read_a_few_at_a_time(
+    pool: ConnectionPool[Any], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``context_reads_at_once`` bounds how many context queries run at once, whichever
+    lane a request takes; the others wait for their turn and are answered all the same."""
+    inside, most = 0, 0
+    read = customers._read
+
+    async def counted(svc: Any, query: Any) -> Any:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        try:
+            await asyncio.sleep(0.05)
+            return await read(svc, query)
+        finally:
+            inside -= 1
+
+    monkeypatch.setattr(customers, "_read", counted)
+    reader = {"Authorization": f"Bearer {create_key(pool, 'ctx', ['timeline:read'])[0]}"}
+    settings = Settings(database_url=database_url, context_reads_at_once=2)
+    with TestClient(create_app(settings, pool=pool), raise_server_exceptions=False) as client:
+        paths = [f"/v1/customers/cu-{n}/context" for n in range(8)]
+        paths += [f"{path}?min_position=0" for path in paths[:2]]  # the app's own lane
+        with ThreadPoolExecutor(len(paths)) as threads:
+            statuses = list(threads.map(lambda p: client.get(p, headers=reader).status_code, paths))
+    assert statuses == [404] * 8 + [422] * 2
+    assert most == 2

@@ -32,6 +32,7 @@ from interaction_store.asof import as_of, parse_as_of, recorded_at
 from interaction_store.keys import ApiKey
 
 __all__ = [
+    "context_answer",
     "conversation_json",
     "item_json",
     "not_found",
@@ -189,7 +190,14 @@ def conversation_json(c: views.ConversationSummary) -> dict[str, Any]:
 )
 async def customer_context(svc: Svc, key: Reader, customer_id: PathId) -> JSON:
     """The small routing context for a call that is ringing now (one query)."""
-    found = await _read(svc, views.context_read(customer_id, service_levels=svc.service_levels))
+    return await context_answer(svc, key, customer_id)
+
+
+async def context_answer(svc: Service, key: ApiKey, customer_id: str) -> JSON:
+    """The context of ``customer_id`` read for ``key``, in its turn (``context_slots``):
+    the route's answer, and the hot lane's (see ``api.hot``)."""
+    async with svc.context_slots:
+        found = await _read(svc, views.context_read(customer_id, service_levels=svc.service_levels))
     if found is None:
         raise not_found(customer_id)
     svc.accessed(key, found["customer_id"], "context")
