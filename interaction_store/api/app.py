@@ -170,11 +170,11 @@ def create_app(
         default_response_class=JSON,
         lifespan=lifespan,
     )
-    from interaction_store.api.hot import HotReads
+    from interaction_store.api.hot import HotLane
 
     # Innermost of the service's middleware, so that the metrics and the last resort
     # wrap the requests it answers too.
-    app.add_middleware(HotReads, service=lambda: getattr(app.state, "service", None))
+    app.add_middleware(HotLane, service=lambda: getattr(app.state, "service", None))
     install_problem_handlers(app)
     metrics = Metrics()
     metrics.install(app, lambda: getattr(app.state, "service", None))

@@ -16,11 +16,12 @@ from psycopg_pool import ConnectionPool
 from starlette.types import Message, Receive, Scope, Send
 
 from interaction_store.api import create_app
-from interaction_store.api.hot import HotReads
+from interaction_store.api.hot import HotLane
 from interaction_store.api.routes import customers
 from interaction_store.demo import story
 from interaction_store.keys import create_key
 from interaction_store.settings import Settings
+from tests.helpers import sms
 
 CUSTOMER = "cu-northwind-mchen"
 TIMELINE = f"/v1/customers/{CUSTOMER}/timeline"
@@ -51,8 +52,50 @@ class Harness:
         *,
         token: str | None = None,
         method: str = "GET",
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes] | None:
         """The hot lane's answer, or None when it passed the request on."""
+        before = len(self.passed_on)
+
+        async def app_behind(scope: Scope, receive: Receive, send: Send) -> None:
+            self.passed_on.append(f"{scope['path']}?{query}")
+
+        lane = HotLane(app_behind, service=lambda: self.client.app.state.service)  # type: ignore[attr-defined]
+        answer = self._call(lane, path, query, token, method, body, headers)
+        if len(self.passed_on) > before:
+            assert answer is None
+            return None
+        return answer
+
+    def behind_lane(
+        self,
+        path: str,
+        *,
+        token: str,
+        method: str = "POST",
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """The app's own answer to the very request the lane takes: the service's stack
+        from just behind the lane (exception handling, routing, the route)."""
+        node = self.client.app.middleware_stack  # type: ignore[attr-defined]
+        while not isinstance(node, HotLane):
+            node = node.app
+        answer = self._call(node.app, path, "", token, method, body, headers)
+        assert answer is not None
+        return answer
+
+    def _call(
+        self,
+        app: Any,
+        path: str,
+        query: str,
+        token: str | None,
+        method: str,
+        body: bytes,
+        headers: dict[str, str] | None,
+    ) -> tuple[int, bytes] | None:
         token = self.reader if token is None else token
         scope: Scope = {
             "type": "http",
@@ -64,31 +107,37 @@ class Harness:
             "raw_path": path.encode(),
             "query_string": query.encode(),
             "root_path": "",
-            "headers": [(b"host", b"test"), (b"authorization", f"Bearer {token}".encode())],
+            "headers": [
+                (name.encode(), value.encode())
+                for name, value in {
+                    "host": "test",
+                    "authorization": f"Bearer {token}",
+                    "content-type": "application/json",
+                    "content-length": str(len(body)),
+                    **{k.lower(): v for k, v in (headers or {}).items()},
+                }.items()
+            ],
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 80),
+            "app": self.client.app,  # as Starlette sets it before any middleware
         }
         messages: list[Message] = []
 
-        async def app_behind(scope: Scope, receive: Receive, send: Send) -> None:
-            self.passed_on.append(f"{scope['path']}?{query}")
-
         async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         async def send(message: Message) -> None:
             messages.append(message)
 
-        lane = HotReads(app_behind, service=lambda: self.client.app.state.service)  # type: ignore[attr-defined]
-        before = len(self.passed_on)
         assert self.client.portal is not None
-        self.client.portal.call(lane, scope, receive, send)
-        if len(self.passed_on) > before:
-            assert not messages
+        self.client.portal.call(app, scope, receive, send)
+        if not messages:
             return None
         status = next(m["status"] for m in messages if m["type"] == "http.response.start")
-        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-        return status, body
+        content = b"".join(
+            m.get("body", b"") for m in messages if m["type"] == "http.response.body"
+        )
+        return status, content
 
 
 @pytest.fixture
@@ -187,16 +236,25 @@ def test_other_requests_and_keys_are_left_to_the_app(
 
 
 def test_lane_answers_are_timed_under_their_route(hot: Harness) -> None:
-    """The fixture's read went through the app; these three take the lane (their key is
-    in the cache now): all four are counted under the route."""
+    """The fixture's read and append went through the app; these take the lane (their
+    keys are in the cache now): all are counted under their routes."""
     headers = {"Authorization": f"Bearer {hot.reader}"}
     for _ in range(3):
         assert hot.client.get(TIMELINE, headers=headers).status_code == 200
     assert hot.via_lane(TIMELINE) is not None  # the lane takes such a request
+    appender = {"Authorization": f"Bearer {hot.appender}"}
+    appended = hot.client.post("/v1/events", json={"events": [sms(7)]}, headers=appender)
+    assert appended.status_code == 201
+    assert hot.via_lane("/v1/events", method="POST", token=hot.appender, body=b"{}")
+    metrics = hot.client.get("/metrics").text
     assert (
         'interaction_store_http_request_seconds_count{method="GET",'
         'route="/v1/customers/{customer_id}/timeline",status="200"} 4.0'
-    ) in hot.client.get("/metrics").text
+    ) in metrics
+    assert (
+        'interaction_store_http_request_seconds_count{method="POST",'
+        'route="/v1/events",status="201"} 2.0'
+    ) in metrics
 
 
 def test_plain_contexts_are_answered_by_the_lane_as_the_app_answers_them(hot: Harness) -> None:
@@ -240,3 +298,74 @@ def test_contexts_are_read_a_few_at_a_time(
             statuses = list(threads.map(lambda p: client.get(p, headers=reader).status_code, paths))
     assert statuses == [404] * 8 + [422] * 2
     assert most == 2
+
+
+def events_body(*events: dict[str, Any]) -> bytes:
+    return orjson.dumps({"events": list(events)})
+
+
+def test_plain_appends_are_answered_by_the_lane_as_the_app_answers_them(hot: Harness) -> None:
+    token = hot.appender
+    # Stored by the lane, then sent again to the app: the same events, a 200 for the retry.
+    new = events_body(sms(1, text="lane first"), sms(2, text="lane second"))
+    first = hot.via_lane("/v1/events", body=new, method="POST", token=token)
+    assert first is not None
+    assert first[0] == 201
+    retried = hot.behind_lane("/v1/events", body=new, token=token)
+    assert retried[0] == 200
+    assert orjson.loads(retried[1]) == orjson.loads(first[1])
+    # And the other way round.
+    other = events_body(sms(3, text="app first"))
+    stored = hot.behind_lane("/v1/events", body=other, token=token)
+    assert stored[0] == 201
+    again = hot.via_lane("/v1/events", body=other, method="POST", token=token)
+    assert again == (200, stored[1])
+    # With an Idempotency-Key, the second answer is the first, replayed.
+    keyed = {"Idempotency-Key": "hot-lane-1"}
+    body = events_body(sms(4, text="keyed"))
+    once = hot.via_lane("/v1/events", body=body, headers=keyed, method="POST", token=token)
+    assert once is not None
+    assert once[0] == 201
+    assert hot.behind_lane("/v1/events", body=body, headers=keyed, token=token) == once
+    assert hot.passed_on == []
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"{not json", {}, 422),
+        (b'{"events": []}', {}, 422),
+        (events_body({"type": "sms.received", "data": {}}), {}, 422),
+        (events_body({"type": "no.such.type"}), {}, 422),
+        (events_body(*(sms(n) for n in range(1001))), {}, 422),  # over the batch limit
+        (b"{}", {"Content-Length": str(17 * 2**20)}, 413),
+        (events_body(sms(1)), {"Idempotency-Key": "a\x00b"}, 422),
+    ],
+)
+def test_refused_appends_are_answered_as_the_app_answers_them(
+    hot: Harness, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    lane = hot.via_lane("/v1/events", method="POST", token=hot.appender, body=body, headers=headers)
+    assert lane is not None
+    assert lane[0] == status
+    assert lane == hot.behind_lane("/v1/events", token=hot.appender, body=body, headers=headers)
+
+
+def test_a_reused_event_id_is_answered_as_the_app_answers_it(hot: Harness) -> None:
+    event = sms(5, text="the first content")
+    assert hot.behind_lane("/v1/events", token=hot.appender, body=events_body(event))[0] == 201
+    changed = events_body({**event, "data": {**event["data"], "text": "other content"}})
+    lane = hot.via_lane("/v1/events", method="POST", token=hot.appender, body=changed)
+    assert lane is not None
+    assert lane[0] == 409
+    assert lane == hot.behind_lane("/v1/events", token=hot.appender, body=changed)
+
+
+def test_other_appends_are_left_to_the_app(hot: Harness, pool: ConnectionPool[Any]) -> None:
+    body = events_body(sms(6))
+    unseen = create_key(pool, "unseen appender", ["events:append"])[0]
+    for token, query in ((unseen, ""), (hot.reader, ""), (hot.appender, "x=1")):
+        lane = hot.via_lane("/v1/events", query, method="POST", token=token, body=body)
+        assert lane is None
+    assert hot.via_lane("/v1/events", method="PUT", token=hot.appender, body=body) is None
+    assert hot.via_lane("/v1/events/", method="POST", token=hot.appender, body=body) is None

@@ -21,7 +21,14 @@ from interaction_store.api.problems import Problem
 from interaction_store.keys import ApiKey
 from interaction_store.store import ANY, NO_STREAM, AppendResult
 
-__all__ = ["APPENDED", "append_answer", "counted", "read_body", "router"]
+__all__ = [
+    "APPENDED",
+    "append_answer",
+    "append_events_answer",
+    "counted",
+    "read_body",
+    "router",
+]
 
 router = APIRouter(tags=["appends"])
 
@@ -245,6 +252,12 @@ async def append_events(request: Request, svc: Svc, key: Appender) -> Response:
     """Append a batch (``{"events": [...]}``), atomically. Each event's stream is derived
     from its data. 201 with the positions; 200 when every event was stored already.
     ``Idempotency-Key`` makes a retried request answer exactly as the first did."""
+    return await append_events_answer(request, svc, key)
+
+
+async def append_events_answer(request: Request, svc: Service, key: ApiKey) -> Response:
+    """The answer to an append of a batch by ``key`` (the route's, and the hot lane's:
+    see ``api.hot``)."""
     body = await read_body(request, svc)
     events = _events_of(_parse(body), svc)
     return await _append_once(request, svc, key, body, lambda: svc.store.append_batch(events))
