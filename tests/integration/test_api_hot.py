@@ -4,6 +4,7 @@ itself, exactly as the app's routes do, and leaves every other request to the ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -277,13 +278,21 @@ def test_contexts_are_read_a_few_at_a_time(
     lane a request takes; the others wait for their turn and are answered all the same."""
     inside, most = 0, 0
     read = customers._read
+    pair: asyncio.Event | None = None
 
     async def counted(svc: Any, query: Any) -> Any:
-        nonlocal inside, most
+        nonlocal inside, most, pair
+        pair = pair or asyncio.Event()
         inside += 1
         most = max(most, inside)
+        if inside >= 2:
+            pair.set()
         try:
-            await asyncio.sleep(0.05)
+            # Hold the turn until a second read is in too (or 2 s have passed), so that
+            # a third would overlap them if nothing bounded it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pair.wait(), 2.0)
+            await asyncio.sleep(0.02)
             return await read(svc, query)
         finally:
             inside -= 1
