@@ -25,6 +25,10 @@ Last, with the service stopped, the app is called directly in this process (no H
 uvicorn): the microseconds of /healthz and of a timeline page through the whole app, and
 of the timeline's query alone on the app's async pool, which show where the timeline's
 share of the /healthz rate is decided.
+
+The timeline, context and append requests here are plain ones with a key the service has
+checked, so after their first they take the hot lane (``interaction_store/api/hot.py``);
+/healthz goes through FastAPI's routing, as every other request does.
 """
 
 from __future__ import annotations
