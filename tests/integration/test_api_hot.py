@@ -30,8 +30,9 @@ TIMELINE = f"/v1/customers/{CUSTOMER}/timeline"
 
 class Harness:
     """The app with the story appended and read into the views, a reader's and an
-    appender's key, and a way to call the hot lane alone, with the app behind it
-    replaced by one that only notes what reached it."""
+    appender's key, and three ways to ask: the hot lane alone (the app behind it replaced
+    by one that only notes what reached it), the service's stack from just behind the
+    lane, and the whole app with a parameter the lane leaves to it."""
 
     def __init__(self, client: TestClient, reader: str, appender: str, last: int) -> None:
         self.client, self.reader, self.appender, self.last = client, reader, appender, last
