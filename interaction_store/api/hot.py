@@ -23,12 +23,12 @@ metrics, the last-resort 500), under its route's name.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
+from starlette._utils import is_async_callable
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -96,7 +96,7 @@ class HotLane:
             handler = _handler(scope["app"], exc)
             if handler is None:
                 raise
-            if inspect.iscoroutinefunction(handler):
+            if is_async_callable(handler):  # as Starlette tells them apart
                 response = await handler(request, exc)
             else:
                 response = await run_in_threadpool(handler, request, exc)
@@ -168,7 +168,8 @@ def _append(svc: Service, scope: Scope) -> Answer | None:
 def _checked_key(svc: Service, scope: Scope, scope_needed: str) -> ApiKey | None:
     """The request's key, when the service checked it lately and it allows
     ``scope_needed``; None when the app has to look (or refuse)."""
-    for name, value in scope["headers"]:
+    headers = scope["headers"] = list(scope["headers"])  # as Starlette's Headers do
+    for name, value in headers:
         if name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             token = credentials.strip()

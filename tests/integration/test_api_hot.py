@@ -24,6 +24,9 @@ from interaction_store.keys import create_key
 from interaction_store.settings import Settings
 from tests.helpers import sms
 
+#: An answer: its status, content type and body.
+Answer = tuple[int, bytes | None, bytes]
+
 CUSTOMER = "cu-northwind-mchen"
 TIMELINE = f"/v1/customers/{CUSTOMER}/timeline"
 
@@ -38,14 +41,14 @@ class Harness:
         self.client, self.reader, self.appender, self.last = client, reader, appender, last
         self.passed_on: list[str] = []
 
-    def via_app(self, path: str, params: dict[str, Any]) -> tuple[int, bytes]:
+    def via_app(self, path: str, params: dict[str, Any]) -> Answer:
         """The app's own answer: ``min_position`` (reached already, so it changes nothing
         in the answer) is a parameter the hot lane leaves to the app."""
         headers = {"Authorization": f"Bearer {self.reader}"}
         answer = self.client.get(
             path, params={**params, "min_position": self.last}, headers=headers
         )
-        return answer.status_code, answer.content
+        return answer.status_code, answer.headers["content-type"].encode(), answer.content
 
     def via_lane(
         self,
@@ -56,7 +59,7 @@ class Harness:
         method: str = "GET",
         body: bytes = b"",
         headers: dict[str, str] | None = None,
-    ) -> tuple[int, bytes] | None:
+    ) -> Answer | None:
         """The hot lane's answer, or None when it passed the request on."""
         before = len(self.passed_on)
 
@@ -78,7 +81,7 @@ class Harness:
         method: str = "POST",
         body: bytes = b"",
         headers: dict[str, str] | None = None,
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         """The app's own answer to the very request the lane takes: the service's stack
         from just behind the lane (exception handling, routing, the route)."""
         node = self.client.app.middleware_stack  # type: ignore[attr-defined]
@@ -97,7 +100,7 @@ class Harness:
         method: str,
         body: bytes,
         headers: dict[str, str] | None,
-    ) -> tuple[int, bytes] | None:
+    ) -> Answer | None:
         token = self.reader if token is None else token
         scope: Scope = {
             "type": "http",
@@ -135,11 +138,9 @@ class Harness:
         self.client.portal.call(app, scope, receive, send)
         if not messages:
             return None
-        status = next(m["status"] for m in messages if m["type"] == "http.response.start")
-        content = b"".join(
-            m.get("body", b"") for m in messages if m["type"] == "http.response.body"
-        )
-        return status, content
+        start = next(m for m in messages if m["type"] == "http.response.start")
+        parts = [m.get("body", b"") for m in messages if m["type"] == "http.response.body"]
+        return start["status"], dict(start["headers"]).get(b"content-type"), b"".join(parts)
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def hot(pool: ConnectionPool[Any], database_url: str) -> Iterator[Harness]:
         )
         assert appended.status_code == 201, appended.text
         harness = Harness(client, reader, appender, appended.json()["position"])
-        status, _ = harness.via_app(TIMELINE, {})  # waits for the views; checks the key
+        status, _, _ = harness.via_app(TIMELINE, {})  # waits for the views; checks the key
         assert status == 200
         yield harness
 
@@ -162,7 +163,7 @@ def test_plain_pages_are_answered_by_the_lane_as_the_app_answers_them(hot: Harne
     first = hot.via_lane(TIMELINE, "limit=2")
     assert first is not None
     assert first == hot.via_app(TIMELINE, {"limit": 2})
-    page = orjson.loads(first[1])
+    page = orjson.loads(first[2])
     assert len(page["items"]) == 2
     assert page["next_cursor"]
     cases: list[dict[str, Any]] = [
@@ -181,6 +182,14 @@ def test_plain_pages_are_answered_by_the_lane_as_the_app_answers_them(hot: Harne
         assert lane is not None, params
         assert lane == hot.via_app(TIMELINE, params), params
         assert lane[0] == 200
+    # Written otherwise, the same request: percent-encoded, with a lowercase scheme and
+    # spaces around the key, as HTTPBearer reads them.
+    encoded = hot.via_lane(
+        TIMELINE,
+        "type=call%2Ecompleted&limit=2",
+        headers={"Authorization": f"bearer   {hot.reader} "},
+    )
+    assert encoded == hot.via_app(TIMELINE, {"type": "call.completed", "limit": 2})
     assert hot.passed_on == []
 
 
@@ -216,6 +225,7 @@ def test_problems_are_answered_as_the_app_answers_them(hot: Harness) -> None:
 )
 def test_other_parameters_are_left_to_the_app(hot: Harness, query: str) -> None:
     assert hot.via_lane(TIMELINE, query) is None
+    assert hot.via_lane(TIMELINE) is not None  # the same key, a plain request: taken
 
 
 def test_other_requests_and_keys_are_left_to_the_app(
@@ -223,6 +233,9 @@ def test_other_requests_and_keys_are_left_to_the_app(
 ) -> None:
     unseen = create_key(pool, "never used", ["timeline:read"])[0]
     appender = hot.appender  # checked by the app when it appended, but not a reader
+    assert hot.via_lane(TIMELINE) is not None  # the reader's plain request: taken
+    assert hot.via_lane(TIMELINE, method="HEAD") is None
+    assert hot.via_lane(TIMELINE, headers={"Authorization": "Basic dXNlcjpwYXNz"}) is None
     assert hot.via_lane(TIMELINE, token=unseen) is None  # the app checks a key first
     assert hot.via_lane(TIMELINE, token=appender) is None  # the app answers 403
     assert hot.via_lane(TIMELINE, token="isk_nonsense") is None
@@ -298,15 +311,23 @@ def test_contexts_are_read_a_few_at_a_time(
         finally:
             inside -= 1
 
-    monkeypatch.setattr(customers, "_read", counted)
-    reader = {"Authorization": f"Bearer {create_key(pool, 'ctx', ['timeline:read'])[0]}"}
+    def bearer(name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {create_key(pool, name, ['timeline:read'])[0]}"}
+
+    # One key the service has checked (its requests take the lane), and two it has not
+    # (the first request of each goes through the app's route).
+    warm, cold = bearer("warm"), [bearer("cold 1"), bearer("cold 2")]
     settings = Settings(database_url=database_url, context_reads_at_once=2)
     with TestClient(create_app(settings, pool=pool), raise_server_exceptions=False) as client:
-        paths = [f"/v1/customers/cu-{n}/context" for n in range(8)]
-        paths += [f"{path}?min_position=0" for path in paths[:2]]  # the app's own lane
-        with ThreadPoolExecutor(len(paths)) as threads:
-            statuses = list(threads.map(lambda p: client.get(p, headers=reader).status_code, paths))
-    assert statuses == [404] * 8 + [422] * 2
+        assert client.get("/v1/customers/cu-0/context", headers=warm).status_code == 404
+        monkeypatch.setattr(customers, "_read", counted)
+        requests = [(f"/v1/customers/cu-{n}/context", warm) for n in range(8)]
+        requests += [(f"/v1/customers/cu-{n}/context", key) for n, key in enumerate(cold)]
+        with ThreadPoolExecutor(len(requests)) as threads:
+            statuses = list(
+                threads.map(lambda r: client.get(r[0], headers=r[1]).status_code, requests)
+            )
+    assert statuses == [404] * 10
     assert most == 2
 
 
@@ -323,13 +344,13 @@ def test_plain_appends_are_answered_by_the_lane_as_the_app_answers_them(hot: Har
     assert first[0] == 201
     retried = hot.behind_lane("/v1/events", body=new, token=token)
     assert retried[0] == 200
-    assert orjson.loads(retried[1]) == orjson.loads(first[1])
+    assert orjson.loads(retried[2]) == orjson.loads(first[2])
     # And the other way round.
     other = events_body(sms(3, text="app first"))
     stored = hot.behind_lane("/v1/events", body=other, token=token)
     assert stored[0] == 201
     again = hot.via_lane("/v1/events", body=other, method="POST", token=token)
-    assert again == (200, stored[1])
+    assert again == (200, *stored[1:])
     # With an Idempotency-Key, the second answer is the first, replayed.
     keyed = {"Idempotency-Key": "hot-lane-1"}
     body = events_body(sms(4, text="keyed"))
@@ -373,6 +394,7 @@ def test_a_reused_event_id_is_answered_as_the_app_answers_it(hot: Harness) -> No
 
 def test_other_appends_are_left_to_the_app(hot: Harness, pool: ConnectionPool[Any]) -> None:
     body = events_body(sms(6))
+    assert hot.via_lane("/v1/events", method="POST", token=hot.appender, body=b"{}")
     unseen = create_key(pool, "unseen appender", ["events:append"])[0]
     for token, query in ((unseen, ""), (hot.reader, ""), (hot.appender, "x=1")):
         lane = hot.via_lane("/v1/events", query, method="POST", token=token, body=body)
