@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, get_args
 from urllib.parse import parse_qsl
 
 from starlette._utils import is_async_callable
@@ -42,6 +42,7 @@ from interaction_store.api.routes.customers import (
     position_of,
     timeline_answer,
 )
+from interaction_store.events import Channel
 from interaction_store.keys import ApiKey
 
 __all__ = ["HotLane"]
@@ -58,7 +59,7 @@ _TIMELINE_PARAMETERS: Final = {
     "type": 100,
     "conversation_id": 250,
 }
-_CHANNELS: Final = frozenset({"email", "voice", "chat", "sms", "twitter"})
+_CHANNELS: Final = frozenset(get_args(Channel))
 _LIMIT: Final = re.compile(r"[1-9][0-9]{0,2}")
 _MAX_ID: Final = 250  # as PathId
 
