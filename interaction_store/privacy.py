@@ -58,8 +58,11 @@ __all__ = [
     "PLACEHOLDER_PREFIX",
     "RETENTION_LOCK",
     "SHREDDING_LOCK",
+    "FreshKeys",
     "Keyring",
     "KeysShredded",
+    "KeysTaken",
+    "NewKey",
     "Sealer",
     "contact_placeholder",
     "contact_tokens",
@@ -135,6 +138,16 @@ class KeysShredded(DatabaseError):
         super().__init__(
             f"data keys {', '.join(map(str, key_ids))} were shredded while the append ran;"
             " nothing was written: run it again"
+        )
+
+
+class KeysTaken(DatabaseError):
+    """Another append made a live data key for an owner and scope this append made one
+    for too; nothing was written. Sealing again with the keys stored finds the other's."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "another append made the same data keys first; nothing was written: run it again"
         )
 
 
@@ -223,10 +236,11 @@ class _Request(NamedTuple):
 def _make_keys(
     conn: psycopg.Connection[Any], keyring: Keyring, missing: Sequence[_Request]
 ) -> list[tuple[int, bytes, str, bytes]]:
-    """Make a key for each request, or take the one another appender made meanwhile:
-    (key id, owner, scope, raw key) of each. Committed at once, without waiting for the
-    flush to disk: the append that uses a key commits later, synchronously, and its
-    flush takes the key's commit along."""
+    """Make a key for each request, or take the one stored already: (key id, owner, scope,
+    raw key) of each, in one round trip but when another appender is making the same key
+    at the same moment. Committed at once, without waiting for the flush to disk: the
+    append that uses a key commits later, synchronously, and its flush takes the key's
+    commit along."""
     made = {(r.owner, r.scope): os.urandom(32) for r in missing}
     rows = [
         {
@@ -238,22 +252,40 @@ def _make_keys(
         }
         for r in missing
     ]
-    inserted = conn.execute(
+    # The second part reads the statement's snapshot: the keys stored before it, not the
+    # ones it inserts (which the first part returns without their key, known here).
+    keys = []
+    for key_id, owner, scope, wrapped in conn.execute(
         """
-        WITH quick AS (SELECT set_config('synchronous_commit', 'off', true))
-        INSERT INTO data_keys (owner, scope, channel, period, key)
-        SELECT decode(r.owner, 'hex'), r.scope, r.channel, r.period, decode(r.key, 'hex')
-          FROM jsonb_to_recordset(%s::jsonb)
-               AS r(owner text, scope text, channel text, period date, key text),
-               quick
-        ON CONFLICT (owner, scope) WHERE shredded_at IS NULL DO NOTHING
-        RETURNING key_id, owner, scope
+        WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)),
+        wanted AS (
+            SELECT decode(r.owner, 'hex') AS owner, r.scope, r.channel, r.period,
+                   decode(r.key, 'hex') AS key
+              FROM jsonb_to_recordset(%s::jsonb)
+                   AS r(owner text, scope text, channel text, period date, key text)
+        ),
+        inserted AS (
+            INSERT INTO data_keys (owner, scope, channel, period, key)
+            SELECT w.owner, w.scope, w.channel, w.period, w.key FROM wanted AS w, quick
+            ON CONFLICT (owner, scope) WHERE shredded_at IS NULL DO NOTHING
+            RETURNING key_id, owner, scope
+        )
+        SELECT key_id, owner, scope, NULL::bytea FROM inserted
+        UNION ALL
+        SELECT k.key_id, k.owner, k.scope, k.key
+          FROM wanted AS w
+          JOIN data_keys AS k
+            ON k.owner = w.owner AND k.scope = w.scope AND k.shredded_at IS NULL
         """,
         (orjson.dumps(rows).decode(),),
-    ).fetchall()
-    keys = [(key_id, bytes(o), scope, made[(bytes(o), scope)]) for key_id, o, scope in inserted]
-    if len(inserted) < len(missing):  # made meanwhile by another appender
-        taken = {(bytes(o), scope) for _, o, scope in inserted}
+    ).fetchall():
+        owner = bytes(owner)
+        if wrapped is None:
+            keys.append((key_id, owner, scope, made[(owner, scope)]))
+        else:
+            keys.append((key_id, owner, scope, keyring.unwrap(owner, scope, bytes(wrapped))))
+    if len(keys) < len(missing):  # made meanwhile by another appender, still committing
+        taken = {(owner, scope) for _, owner, scope, _ in keys}
         others = [
             row for row, r in zip(rows, missing, strict=True) if (r.owner, r.scope) not in taken
         ]
@@ -270,6 +302,56 @@ def _make_keys(
             raw = keyring.unwrap(bytes(owner), scope, bytes(wrapped))
             keys.append((key_id, bytes(owner), scope, raw))
     return keys
+
+
+class NewKey(NamedTuple):
+    """A data key made for an append and inserted by the append's own statement (see
+    ``FreshKeys``): its id is reserved from the table's sequence beforehand."""
+
+    key_id: int
+    owner: bytes
+    scope: str
+    channel: str | None
+    period: str | None
+    wrapped: bytes
+
+    def row(self) -> dict[str, Any]:
+        """As the append statement's ``new_keys`` parameter lists it."""
+        return {
+            "key_id": self.key_id,
+            "owner": self.owner.hex(),
+            "scope": self.scope,
+            "channel": self.channel,
+            "period": self.period,
+            "key": self.wrapped.hex(),
+        }
+
+
+class FreshKeys:
+    """The data keys made for one append, written by the append itself.
+
+    A key made on its own costs a round trip before the append can seal anything. Made
+    here instead, it is inserted by the append's statement, in its transaction, and the
+    sealer takes it into its caches only once that has committed (``Sealer.adopt``), so
+    no other append seals under a key that might yet roll back. If another append made a
+    live key for the same owner and scope first, the insert fails (``KeysTaken``) and the
+    append runs again with the keys made or found on their own, as before.
+    """
+
+    def __init__(self) -> None:
+        self.by_request: dict[tuple[bytes, str], tuple[_Key, NewKey]] = {}
+        self.by_id: dict[int, NewKey] = {}
+
+    def add(self, key: _Key, new: NewKey) -> None:
+        self.by_request[(new.owner, new.scope)] = (key, new)
+        self.by_id[new.key_id] = new
+
+    def __bool__(self) -> bool:
+        return bool(self.by_id)
+
+
+#: Key ids reserved from the sequence at a time, for keys an append makes itself.
+_RESERVE: Final = 256
 
 
 @functools.lru_cache(maxsize=4096)
@@ -346,6 +428,7 @@ class Sealer:
         self._content: dict[tuple[int, int], AESGCMSIV] = {}
         self._opening: dict[int, tuple[bytes, bytes]] = {}  # key id: (wrapped, raw)
         self._identity_boxes: dict[tuple[int, bytes], str] = {}
+        self._reserved: list[int] = []  # key ids from data_keys' sequence, for FreshKeys
 
     def close(self) -> None:
         with self._lock:
@@ -391,29 +474,72 @@ class Sealer:
             self._opening.pop(key_id, None)
 
     def _keys_for(
-        self, requests: Iterable[_Request], conn: psycopg.Connection[Any] | None = None
+        self,
+        requests: Iterable[_Request],
+        conn: psycopg.Connection[Any] | None = None,
+        fresh: FreshKeys | None = None,
     ) -> dict[tuple[bytes, str], _Key]:
-        """The live key of each request, made where there is none: on ``conn`` (idle, in
-        autocommit) if given, else on the sealer's own connection."""
+        """The live key of each request. Where the sealer knows none, it is made here into
+        ``fresh`` if given (for the append to insert), else made or found in the database:
+        on ``conn`` (idle, in autocommit) if given, else on the sealer's own connection."""
         wanted = {(r.owner, r.scope): r for r in requests}
         found = {w: k for w in wanted if (k := self._sealing.get(w)) is not None}
         missing = [r for w, r in wanted.items() if w not in found]
         if not missing:
             return found
         keyring = self.keyring(conn)
+        if fresh is not None:
+            made = []
+            for r in missing:
+                known = fresh.by_request.get((r.owner, r.scope))
+                if known is None:
+                    made.append(r)
+                else:
+                    found[(r.owner, r.scope)] = known[0]
+            for key_id, r in zip(self._reserve(len(made), conn), made, strict=True):
+                raw = os.urandom(32)
+                key = _Key(key_id, raw, AESGCMSIV(raw))
+                wrapped = keyring.wrap(r.owner, r.scope, raw)
+                fresh.add(key, NewKey(key_id, r.owner, r.scope, r.channel, r.period, wrapped))
+                found[(r.owner, r.scope)] = key
+            return found
         if conn is None:
             with self._lock:
                 keys = _make_keys(self._connection(), keyring, missing)
         else:
             keys = _make_keys(conn, keyring, missing)
+        for key_id, owner, scope, raw in keys:
+            key = _Key(key_id, raw, AESGCMSIV(raw))
+            self._remember(owner, scope, key)
+            found[(owner, scope)] = key
+        return found
+
+    def _remember(self, owner: bytes, scope: str, key: _Key) -> None:
         if len(self._sealing) > 100_000:
             self._sealing.clear()
             self._content.clear()
-        for key_id, owner, scope, raw in keys:
-            key = _Key(key_id, raw, AESGCMSIV(raw))
-            self._sealing[(owner, scope)] = key
-            found[(owner, scope)] = key
-        return found
+        self._sealing[(owner, scope)] = key
+
+    def adopt(self, fresh: FreshKeys) -> None:
+        """Keys an append made and has committed: the next appends seal under them."""
+        for key, new in fresh.by_request.values():
+            self._remember(new.owner, new.scope, key)
+
+    def _reserve(self, count: int, conn: psycopg.Connection[Any] | None) -> list[int]:
+        """``count`` unused key ids, taken from data_keys' own sequence in blocks."""
+        if not count:
+            return []
+        with self._lock:
+            if len(self._reserved) < count:
+                db = conn if conn is not None else self._connection()
+                rows = db.execute(
+                    "SELECT nextval(pg_get_serial_sequence('data_keys', 'key_id'))"
+                    " FROM generate_series(1, %s)",
+                    (max(_RESERVE, count - len(self._reserved)),),
+                ).fetchall()
+                self._reserved.extend(row[0] for row in rows)
+            taken, self._reserved = self._reserved[:count], self._reserved[count:]
+        return taken
 
     # Sealing ------------------------------------------------------------------------
 
@@ -422,6 +548,7 @@ class Sealer:
         events: Sequence[tuple[UUID, str, datetime, dict[str, Any]]],
         dumps: Callable[[dict[str, Any]], bytes],
         conn: psycopg.Connection[Any] | None = None,
+        fresh: FreshKeys | None = None,
     ) -> list[tuple[bytes | None, tuple[int, ...]]]:
         """Each event's data with its personal fields sealed, as ``dumps`` writes it, and
         the keys it used.
@@ -429,14 +556,17 @@ class Sealer:
         ``events`` are (id, type, occurred_at, data as JSON); for data with nothing
         personal, (None, ()). The keys of the whole batch are found (or made) first, in
         one round trip, on ``conn`` if given (idle, in autocommit: the append's own, so
-        that appenders do not queue for the sealer's); then each event is sealed and
+        that appenders do not queue for the sealer's), or made into ``fresh`` for the
+        append to insert (see ``FreshKeys``); then each event is sealed and
         written out at once, so the objects sealing makes die young instead of burdening
         the garbage collector.
         """
         keyring = self.keyring(conn)
         wanted = [_keys_wanted(keyring, *event) for event in events]
         keys = self._keys_for(
-            (r for w in wanted if w is not None for r in (w[0], w[1]) if r is not None), conn
+            (r for w in wanted if w is not None for r in (w[0], w[1]) if r is not None),
+            conn,
+            fresh,
         )
         sealed: list[tuple[bytes | None, tuple[int, ...]]] = []
         for (event_id, event_type, _, data), want in zip(events, wanted, strict=True):

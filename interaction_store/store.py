@@ -18,6 +18,7 @@ transaction that commits late is never skipped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -60,7 +61,14 @@ from interaction_store.exceptions import (
     FieldError,
     IdempotencyConflict,
 )
-from interaction_store.privacy import KeysShredded, Sealer, privacy_key_from_settings
+from interaction_store.privacy import (
+    FreshKeys,
+    KeysShredded,
+    KeysTaken,
+    NewKey,
+    Sealer,
+    privacy_key_from_settings,
+)
 from interaction_store.settings import MIB, Settings
 from interaction_store.sql import query
 
@@ -268,6 +276,7 @@ class _Prepared:
     content_digest: bytes
     metadata_digest: bytes
     key_ids: tuple[int, ...] = ()  # the data keys its personal fields are sealed under
+    new_keys: tuple[NewKey, ...] = ()  # those of them the append makes (FreshKeys)
 
 
 class Store:
@@ -368,25 +377,37 @@ class Store:
         if len(items) > self.max_batch_events:
             reason = f"{len(items)} events; the limit is {self.max_batch_events}"
             raise EventValidationError([FieldError(None, "events", reason)])
+        make_keys = True  # new data keys go in the append's own statement (FreshKeys)
         for attempt in range(1, _RETRIES + 1):
+            fresh = FreshKeys() if make_keys else None
             try:
                 with self.pool.connection() as conn:
                     if len(items) > _CHUNK and not expected.errors:
-                        result = self._append_overlapped(conn, items, expected)
+                        result = self._append_overlapped(conn, items, expected, fresh)
                     else:
-                        prepared = self._prepare(items, expected, conn)
+                        prepared = self._prepare(items, expected, conn, fresh)
                         result = _append_prepared(conn, prepared, expected)
                 break
             except KeysShredded as exc:  # an erasure got in first: seal with new keys
                 self.sealer.forget(exc.key_ids)
                 if attempt == _RETRIES:
                     raise
+            except KeysTaken:  # another append made some of the keys first: use its own
+                make_keys = False
+                if attempt == _RETRIES:
+                    raise
+        if fresh:
+            self.sealer.adopt(fresh)
         if result.events:
             self._notifier.poke(result.position)
         return result
 
     def _append_overlapped(
-        self, conn: psycopg.Connection[Any], items: list[_Item], expected: _Expectations
+        self,
+        conn: psycopg.Connection[Any],
+        items: list[_Item],
+        expected: _Expectations,
+        fresh: FreshKeys | None = None,
     ) -> AppendResult:
         """Append a large batch in chunks, each sent while the next one is prepared.
 
@@ -406,6 +427,7 @@ class Store:
         placed: dict[UUID, tuple[int, int]] = {}
         refused: psycopg.Error | None = None
         claimed: set[str] = set()  # streams whose expectation a sent chunk carries
+        inserted: set[int] = set()  # new data keys a sent chunk inserts
         with conn.transaction():
             _check_expectations(conn, expected.idle)
             try:
@@ -413,7 +435,7 @@ class Store:
                     sent: list[psycopg.Cursor[Any]] = []
                     for start in range(0, len(items), _CHUNK):
                         chunk = self._prepare_chunk(
-                            items[start : start + _CHUNK], start, seen, errors
+                            items[start : start + _CHUNK], start, seen, errors, fresh=fresh
                         )
                         prepared.extend(chunk)
                         if errors or refused:
@@ -424,9 +446,8 @@ class Store:
                                 claimed.add(p.stream_id)
                                 wanted[p.stream_id] = expected.versions.get(p.stream_id)
                         try:
-                            sent.append(
-                                conn.execute(*_insert_statement(chunk, wanted, locked=True))
-                            )
+                            statement = _insert_statement(chunk, wanted, True, inserted)
+                            sent.append(conn.execute(*statement))
                         except psycopg.Error as exc:  # an earlier chunk's result, refused
                             refused = exc
                 # Leaving the pipeline waited for every result.
@@ -439,6 +460,8 @@ class Store:
                 raise psycopg.Rollback()
         if errors:
             raise EventValidationError(errors)
+        if refused is not None and refused.diag.table_name == "data_keys":
+            raise KeysTaken() from refused  # sealed again, whole, with the keys stored
         if refused is not None:
             log.debug("chunked append refused, running it whole: %s", refused)
             return _append_prepared(conn, prepared, expected)
@@ -449,10 +472,11 @@ class Store:
         items: list[_Item],
         expected: _Expectations,
         conn: psycopg.Connection[Any] | None = None,
+        fresh: FreshKeys | None = None,
     ) -> list[_Prepared]:
         """Validate and serialise a batch; every error of the batch is reported at once."""
         errors = list(expected.errors)
-        prepared = self._prepare_chunk(items, 0, {}, errors, conn)
+        prepared = self._prepare_chunk(items, 0, {}, errors, conn, fresh)
         if errors:
             raise EventValidationError(errors)
         return prepared
@@ -464,12 +488,14 @@ class Store:
         seen: dict[UUID, int],
         errors: list[FieldError],
         conn: psycopg.Connection[Any] | None = None,
+        fresh: FreshKeys | None = None,
     ) -> list[_Prepared]:
         """Validate and serialise ``items``, found at ``offset`` in their batch.
 
         Adds each problem to ``errors``; ``seen`` holds the event ids met so far in the
         batch. An item without a stream goes to the one its data names. New data keys are
-        made on ``conn`` if given (idle, in autocommit), else on the sealer's connection.
+        made into ``fresh`` if given, for the append to insert; else on ``conn`` if given
+        (idle, in autocommit), else on the sealer's connection.
         """
         try:
             models = parse_events([event for _, event in items], phone_region=self.phone_region)
@@ -530,6 +556,7 @@ class Store:
                 [(m.id, m.type, m.occurred_at, d) for _, m, d, _, _ in valid],
                 _sealed_json if unstable else _sorted_json,
                 conn,
+                fresh,
             )
         prepared: list[_Prepared] = []
         for (stream_id, model, _, plain, metadata), (stored, key_ids) in zip(
@@ -552,6 +579,7 @@ class Store:
                     ),
                     metadata_digest=metadata_digest(orjson.Fragment(metadata)),
                     key_ids=key_ids,
+                    new_keys=_new_keys(key_ids, fresh),
                 )
             )
         return prepared
@@ -812,6 +840,8 @@ def _append(
     A violation with nothing stored means another append wrote the stream version first:
     run again against the new head (each attempt is a new statement and sees what has
     committed since). Inside the caller's transaction each attempt runs in a savepoint.
+    A data key the append made that another append had made first (``KeysTaken``) needs
+    the events sealed again, under the other's key.
     """
     present: dict[UUID, AppendedEvent] = {}
     pending = prepared
@@ -827,6 +857,8 @@ def _append(
             if exc.sqlstate == "ISC02":  # a data key was shredded: seal again, new keys
                 detail = exc.diag.message_detail or ""
                 raise KeysShredded([int(k) for k in detail.split(",") if k]) from exc
+            if exc.diag.table_name == "data_keys":  # another append made a new key first
+                raise KeysTaken() from exc
             collided = isinstance(exc, pg_errors.UniqueViolation | pg_errors.DeadlockDetected)
             if not collided and exc.sqlstate != "ISC01":
                 raise _translate(exc) from exc
@@ -895,6 +927,10 @@ def _already_stored(
     found = {}
     for event_id, position, stream_id, stream_version, digest, shredded, sealed in rows:
         p = by_id[event_id]
+        if digest != p.content_digest and p.new_keys and not shredded:
+            # Sealed under keys made for this append, it cannot match an event sealed
+            # under the keys stored: it is compared again sealed under those.
+            raise KeysTaken()
         # An event stored as given (before sealing existed, or by a store that does not
         # seal) and sealed now is told by the digest of its data as given.
         if (
@@ -942,7 +978,7 @@ def _insert(
     locked: bool = False,
 ) -> dict[UUID, tuple[int, int]]:
     """Run the append statement once; the new events' (position, version) by id."""
-    return _placed(conn.execute(*_insert_statement(prepared, expected, locked=locked)))
+    return _placed(conn.execute(*_insert_statement(prepared, expected, locked)))
 
 
 def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
@@ -950,12 +986,26 @@ def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
 
 
 def _insert_statement(
-    prepared: list[_Prepared], expected: dict[str, int | None], *, locked: bool = False
+    prepared: list[_Prepared],
+    expected: dict[str, int | None],
+    locked: bool = False,
+    inserted: set[int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The append statement for ``prepared`` and its parameters."""
+    """The append statement for ``prepared`` and its parameters.
+
+    It inserts the data keys the events' append made (``FreshKeys``), but for those in
+    ``inserted`` (by an earlier statement of the transaction), which it adds its own to.
+    """
+    fresh = {key.key_id: key for p in prepared for key in p.new_keys}
+    new_keys = sorted(
+        (key for key_id, key in fresh.items() if inserted is None or key_id not in inserted),
+        key=lambda key: (key.owner, key.scope),
+    )
+    if inserted is not None:
+        inserted.update(fresh)
     if len(prepared) == 1:
         [p] = prepared
-        return query("append_event"), {
+        params = {
             "event_id": p.event.id,
             "stream_id": p.stream_id,
             "expected": expected.get(p.stream_id),
@@ -966,40 +1016,69 @@ def _insert_statement(
             "metadata": p.metadata.decode(),
             "content_digest": p.content_digest,
             "metadata_digest": p.metadata_digest,
-            "keys": _keys_param([p], locked),
+            "keys": _keys_param([p], locked, fresh),
         }
-    streams = sorted({p.stream_id for p in prepared})
-    index = {stream: i for i, stream in enumerate(streams, start=1)}
-    rows = [
-        (
-            p.event.id,
-            index[p.stream_id],
-            p.event.type,
-            p.event.schema_version,
-            p.event.occurred_at,
-            p.content_digest.hex(),
-            p.metadata_digest.hex(),
-            orjson.Fragment(p.payload),
-            orjson.Fragment(p.metadata),
-        )
-        for p in prepared
-    ]
-    return query("append_events"), {
-        "keys": _keys_param(prepared, locked),
-        "streams": streams,
-        "expected": [expected.get(s) for s in streams],
-        "events": orjson.dumps(rows).decode(),
-    }
+        statement = "append_event"
+    else:
+        streams = sorted({p.stream_id for p in prepared})
+        index = {stream: i for i, stream in enumerate(streams, start=1)}
+        rows = [
+            (
+                p.event.id,
+                index[p.stream_id],
+                p.event.type,
+                p.event.schema_version,
+                p.event.occurred_at,
+                p.content_digest.hex(),
+                p.metadata_digest.hex(),
+                orjson.Fragment(p.payload),
+                orjson.Fragment(p.metadata),
+            )
+            for p in prepared
+        ]
+        params = {
+            "keys": _keys_param(prepared, locked, fresh),
+            "streams": streams,
+            "expected": [expected.get(s) for s in streams],
+            "events": orjson.dumps(rows).decode(),
+        }
+        statement = "append_events"
+    if not new_keys:
+        return query(statement), params
+    params["new_keys"] = orjson.dumps([key.row() for key in new_keys]).decode()
+    return _with_new_keys(statement), params
 
 
-def _keys_param(prepared: Sequence[_Prepared], locked: bool = False) -> list[int] | None:
+@functools.cache
+def _with_new_keys(name: str) -> str:
+    """The named append statement, inserting the append's new data keys first."""
+    lines = query(name).splitlines()
+    statement = "\n".join(line for line in lines if not line.startswith("--"))
+    if statement.startswith("WITH "):
+        return f"WITH {query('new_keys')},\n{statement.removeprefix('WITH ')}"
+    return f"WITH {query('new_keys')}\n{statement}"
+
+
+def _new_keys(key_ids: tuple[int, ...], fresh: FreshKeys | None) -> tuple[NewKey, ...]:
+    """Those of ``key_ids`` the append makes (``FreshKeys``)."""
+    if not fresh:
+        return ()
+    return tuple(fresh.by_id[key_id] for key_id in key_ids if key_id in fresh.by_id)
+
+
+def _keys_param(
+    prepared: Sequence[_Prepared], locked: bool = False, fresh: Mapping[int, NewKey] | None = None
+) -> list[int] | None:
     """What the append passes data_keys_live: the keys its events are sealed under, or
     nothing (no lock) when none is sealed and none is a customer event (whose links and
     merges decide whom an erasure erases). A statement that is one of several in its
     transaction (``locked``) takes the lock all the same: an erasure must not come between
-    it and a later one that seals under a key made after the erasure's."""
-    keys = sorted({key_id for p in prepared for key_id in p.key_ids})
-    if keys or locked or any(p.event.type.startswith("customer.") for p in prepared):
+    it and a later one that seals under a key made after the erasure's. Keys the append
+    makes itself (``fresh``) are not checked: no erasure can have seen them yet. They
+    take the lock all the same, so that an erasure comes before the append or after it."""
+    fresh = fresh or {}
+    keys = sorted({key_id for p in prepared for key_id in p.key_ids} - fresh.keys())
+    if keys or fresh or locked or any(p.event.type.startswith("customer.") for p in prepared):
         return keys
     return None
 

@@ -79,6 +79,21 @@ SELECT pg_current_xact_id(), %(event_id)s, %(stream_id)s,
   ) AS h ON true
 RETURNING event_id, position, stream_version
 
+-- name: new_keys --
+-- A common table expression that append_events and append_event take first when the
+-- append made data keys of its own (privacy.FreshKeys): it inserts them, ids and all, in
+-- the append's statement, so they commit with the events sealed under them. Another
+-- append's live key for the same owner and scope makes it fail with a unique violation.
+-- The rows come sorted by owner and scope, so two appends that make some of the same keys
+-- take them in one order.
+new_keys AS (
+    INSERT INTO data_keys (key_id, owner, scope, channel, period, key)
+    OVERRIDING SYSTEM VALUE
+    SELECT k.key_id, decode(k.owner, 'hex'), k.scope, k.channel, k.period, decode(k.key, 'hex')
+      FROM jsonb_to_recordset(%(new_keys)s::jsonb)
+           AS k(key_id bigint, owner text, scope text, channel text, period date, key text)
+)
+
 -- name: stored_events --
 -- The events of a batch that are already stored: the idempotency check after a collision.
 -- shredded: whether a key its personal fields were sealed under is gone (erasure or

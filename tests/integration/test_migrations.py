@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0012_timeline_by_time"
+HEAD = "0013_fresh_data_keys"
 
 
 def tables(url: str) -> set[str]:

@@ -23,12 +23,12 @@ from interaction_store.cli import cli
 from interaction_store.db import open_pool
 from interaction_store.demo import generate
 from interaction_store.events import parse_events, with_conversation
-from interaction_store.exceptions import ConfigurationError, IdempotencyConflict
+from interaction_store.exceptions import ConcurrencyError, ConfigurationError, IdempotencyConflict
 from interaction_store.projections import ProjectionRunner, all_projections
 from interaction_store.projections.rebuild import rebuild
 from interaction_store.projections.timeline import TimelineProjection
 from interaction_store.shredding import apply_retention
-from interaction_store.store import Store
+from interaction_store.store import NO_STREAM, Store
 from tests.helpers import email, park_failures, parked_errors
 
 SECRET = "Hv3SecretPlaintext"
@@ -81,6 +81,111 @@ def test_an_event_stored_unsealed_is_the_same_event_delivered_again_sealed(
     with pytest.raises(IdempotencyConflict):
         store.append_batch([{**event, "data": {**event["data"], "body": "another body"}}])
     assert len(store.read_all()) == 1
+
+
+def key_rows(database_url: str) -> list[tuple[int, bytes, str, bool]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT key_id, owner, scope, shredded_at IS NULL FROM data_keys ORDER BY key_id"
+        ).fetchall()
+    return [(key_id, bytes(owner), scope, live) for key_id, owner, scope, live in rows]
+
+
+def read_back_as_appended(store: Store, events: list[dict[str, Any]]) -> None:
+    read = {e.event_id: e.data for e in store.read_all(limit=10_000)}
+    for model in parse_events(events):
+        assert read[model.id] == with_conversation(model).data.model_dump(
+            mode="json", exclude_none=True
+        )
+
+
+def test_the_keys_of_a_new_owner_commit_with_the_append_or_not_at_all(
+    store: Store, database_url: str
+) -> None:
+    """An append that meets an owner for the first time writes its keys in its own
+    statement: refused, it leaves no key behind; taken, the keys are there."""
+    store.append("conversation-cv-a", [email(1, conversation_id="cv-a")])
+    before = key_rows(database_url)
+    newcomer = email(2, contact="email:newcomer@example.com", conversation_id="cv-b")
+    with pytest.raises(ConcurrencyError):
+        store.append("conversation-cv-b", [newcomer], expected_version=3)
+    assert key_rows(database_url) == before
+    store.append("conversation-cv-b", [newcomer], expected_version=NO_STREAM)
+    made = [row for row in key_rows(database_url) if row not in before]
+    assert [(scope, live) for _, _, scope, live in made] == [("identity", True)]
+    [read] = store.read_stream("conversation-cv-b")
+    assert read.data["contact"]["value"] == "newcomer@example.com"
+
+
+def test_the_check_of_an_appends_keys_refuses_an_id_with_no_key(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SELECT data_keys_live(ARRAY[987654321]::bigint[])")
+        assert refused.value.sqlstate == "ISC02"
+        assert refused.value.diag.message_detail == "987654321"
+
+
+def test_stores_meeting_a_new_owner_at_once_agree_on_one_key(
+    pool: ConnectionPool[Any], database_url: str
+) -> None:
+    """Four stores, each its own process's as far as keys go, append the first events of
+    one address at the same moment: each makes a key for it, one wins, the others seal
+    again under the winner's, and every event reads back."""
+    stores = [Store(pool) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    events = [
+        email(n, contact="email:together@example.com", body=f"words {n}", conversation_id=f"cv-{n}")
+        for n in range(len(stores))
+    ]
+    errors: list[BaseException] = []
+
+    def append(n: int) -> None:
+        try:
+            start.wait(10)
+            stores[n].append_batch([events[n]])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(len(stores))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not errors
+        keys = key_rows(database_url)
+        owners = {owner for _, owner, scope, _ in keys if scope == "identity"}
+        assert len(owners) == 1
+        assert len(keys) == len({(owner, scope) for _, owner, scope, _ in keys})
+        bodies = sorted(e.data["body"] for e in stores[0].read_all())
+        assert bodies == [f"words {n}" for n in range(len(stores))]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_store_that_knows_no_keys_seals_under_the_stored_ones(
+    pool: ConnectionPool[Any], store: Store, database_url: str
+) -> None:
+    """A store started afresh (a restarted server) knows none of the keys stored: its
+    replays are still recognised, and its new events, in a batch large enough to go in
+    parts, are sealed under the owners' stored keys, not under new ones."""
+    events = list(generate(700, seed=4, customer_count=40))
+    store.append_batch(events[:300])
+    keys = key_rows(database_url)
+    cold, colder = Store(pool), Store(pool)
+    try:
+        cold.append_batch(events[300:])
+        assert colder.append_batch(events[:300]).already_present == 300
+    finally:
+        cold.close()
+        colder.close()
+    made = [row for row in key_rows(database_url) if row not in keys]
+    assert len(made) < len(keys)  # owners met before kept their keys
+    assert not {(owner, scope) for _, owner, scope, _ in made} & {
+        (owner, scope) for _, owner, scope, _ in keys
+    }
+    read_back_as_appended(store, events)
 
 
 def test_the_configured_privacy_key_must_be_the_one_the_data_was_sealed_with(
