@@ -88,6 +88,9 @@ CONTENT_FIELDS: Final = (
     "reason",
     "attributes",
 )
+_CONTENT: Final = frozenset(CONTENT_FIELDS)
+#: What leaves an interaction's data for its boxes.
+_BOXED: Final = _CONTENT | {"handle"}
 _LISTS: Final = frozenset({"to", "cc", "attachments", "media_urls", "contacts"})
 _OBJECTS: Final = frozenset({"attributes"})
 #: Customer events whose data holds an address or a name.
@@ -427,7 +430,7 @@ class Sealer:
         self._sealing: dict[tuple[bytes, str], _Key] = {}
         self._content: dict[tuple[int, int], AESGCMSIV] = {}
         self._opening: dict[int, tuple[bytes, bytes]] = {}  # key id: (wrapped, raw)
-        self._identity_boxes: dict[tuple[int, bytes], str] = {}
+        self._identity_boxes: dict[tuple[int, Any], str] = {}
         self._reserved: list[int] = []  # key ids from data_keys' sequence, for FreshKeys
 
     def close(self) -> None:
@@ -562,20 +565,15 @@ class Sealer:
         the garbage collector.
         """
         keyring = self.keyring(conn)
-        wanted = [_keys_wanted(keyring, *event) for event in events]
-        keys = self._keys_for(
-            (r for w in wanted if w is not None for r in (w[0], w[1]) if r is not None),
-            conn,
-            fresh,
-        )
+        plans = [_plan(keyring, kind, occurred_at, data) for _, kind, occurred_at, data in events]
+        keys = self._keys_of(plans, conn, fresh)
         sealed: list[tuple[bytes | None, tuple[int, ...]]] = []
-        for (event_id, event_type, _, data), want in zip(events, wanted, strict=True):
-            if want is None:
+        for (event_id, event_type, _, data), plan in zip(events, plans, strict=True):
+            if plan is None:
                 sealed.append((None, ()))
                 continue
-            identity_request, period_request = want
-            plain, identity, content = _split(keyring, event_type, data)
-            owner = keys[(identity_request.owner, identity_request.scope)]
+            plain, identity, content = _split(keyring, event_type, data, plan.contact_token)
+            owner = keys[(plan.owner, "identity")]
             boxes: dict[str, Any] = {
                 "identity": {
                     "key": owner.key_id,
@@ -583,10 +581,11 @@ class Sealer:
                     "box": self._identity_box(owner, identity),
                 }
             }
-            if period_request is None:
-                sealed.append((dumps({**plain, "sealed": boxes}), (owner.key_id,)))
+            if plan.period is None:
+                plain["sealed"] = boxes
+                sealed.append((dumps(plain), (owner.key_id,)))
                 continue
-            period = keys[(PERIOD_OWNER, period_request.scope)]
+            period = keys[(PERIOD_OWNER, plan.period.scope)]
             pair = (owner.key_id, period.key_id)
             cipher = self._content.get(pair)
             if cipher is None:
@@ -601,18 +600,41 @@ class Sealer:
             sealed.append((dumps(plain), pair))
         return sealed
 
+    def _keys_of(
+        self,
+        plans: Sequence[_Plan | None],
+        conn: psycopg.Connection[Any] | None,
+        fresh: FreshKeys | None,
+    ) -> dict[tuple[bytes, str], _Key]:
+        """The keys the plans need, by (owner, scope): known, else found or made."""
+        wanted: dict[tuple[bytes, str], _Request | None] = {}
+        for plan in plans:
+            if plan is not None:
+                wanted[(plan.owner, "identity")] = None
+                if plan.period is not None:
+                    wanted[(PERIOD_OWNER, plan.period.scope)] = plan.period
+        found = {w: key for w in wanted if (key := self._sealing.get(w)) is not None}
+        if len(found) < len(wanted):
+            missing = [request or _Request(*w) for w, request in wanted.items() if w not in found]
+            found.update(self._keys_for(missing, conn, fresh))
+        return found
+
     def _identity_box(self, key: _Key, values: dict[str, Any]) -> str:
         """An identity box: the same values under the same key are the same bytes, so the
         box of a contact met before is not sealed again. (That two events of one owner
         share an address says no more than their contacts' equal tokens.)"""
-        plaintext = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
-        box = self._identity_boxes.get((key.key_id, plaintext))
+        # An interaction's values are strings, kept by name; a customer's may be lists.
+        items = tuple(values.items())
+        plain = all(type(value) is str for _, value in items)
+        memo = (key.key_id, items if plain else orjson.dumps(values, option=orjson.OPT_SORT_KEYS))
+        box = self._identity_boxes.get(memo)
         if box is None:
+            plaintext = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
             sealed = key.cipher.encrypt(_IDENTITY_NONCE, plaintext, b"identity")
             box = binascii.b2a_base64(sealed, newline=False).decode("ascii")
             if len(self._identity_boxes) > 100_000:
                 self._identity_boxes.clear()
-            self._identity_boxes[(key.key_id, plaintext)] = box
+            self._identity_boxes[memo] = box
         return box
 
     # Opening ------------------------------------------------------------------------
@@ -683,53 +705,68 @@ class Sealer:
         return opened
 
 
-def _keys_wanted(
-    keyring: Keyring, event_id: UUID, event_type: str, occurred_at: datetime, data: dict[str, Any]
-) -> tuple[_Request, _Request | None] | None:
-    """The keys an event's boxes need: its owner's identity key and, for an interaction
-    with content, its channel's month's key; None: nothing personal to seal."""
-    if "contact" in data and "channel" in data:  # an interaction
+class _Plan(NamedTuple):
+    """What sealing an event needs: its owner's token (whose identity key seals its
+    identity box), for an interaction with content its channel's month's key, and the
+    token of its contact, if it has one."""
+
+    owner: bytes
+    period: _Request | None
+    contact_token: str | None
+
+
+def _plan(
+    keyring: Keyring, event_type: str, occurred_at: datetime, data: dict[str, Any]
+) -> _Plan | None:
+    """How to seal an event; None: it has nothing personal."""
+    contact = data.get("contact")
+    token = None if contact is None else keyring.token_and_hex(_identity(contact))
+    if token is not None and "channel" in data:  # an interaction
         named = data.get("customer_id")
-        if named:
-            owner = keyring.token(f"customer:{named}")
-        else:
-            contact = data["contact"]
-            owner = keyring.token(f"{contact['kind']}:{contact['value']}")
+        owner = keyring.token(f"customer:{named}") if named else token[0]
         period = None
-        if any(field in data for field in CONTENT_FIELDS):
+        if not _CONTENT.isdisjoint(data):
             period = _period(data["channel"], occurred_at.year, occurred_at.month)
-        return _Request(owner, "identity"), period
+        return _Plan(owner, period, token[1])
     if event_type not in _CUSTOMER_TYPES or not (
-        "name" in data or "contact" in data or data.get("contacts")
+        "name" in data or contact is not None or data.get("contacts")
     ):
         return None
-    return _Request(keyring.token(f"customer:{data['customer_id']}"), "identity"), None
+    owner = keyring.token(f"customer:{data['customer_id']}")
+    return _Plan(owner, None, None if token is None else token[1])
+
+
+def _identity(contact: Mapping[str, str]) -> str:
+    return f"{contact['kind']}:{contact['value']}"
 
 
 def _split(
-    keyring: Keyring, event_type: str, data: dict[str, Any]
+    keyring: Keyring, event_type: str, data: dict[str, Any], contact_token: str | None
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``data`` as (what stays in the clear, the identity box's fields, the content
-    box's fields); contacts keep their kind and gain their token."""
+    box's fields); contacts keep their kind and gain their token (the contact's is
+    given)."""
+    if contact_token is not None and "channel" in data:  # an interaction
+        plain = {key: value for key, value in data.items() if key not in _BOXED}
+        contact = data["contact"]
+        plain["contact"] = {"kind": contact["kind"], "token": contact_token}
+        identity = {"contact": contact["value"]}
+        if "handle" in data:
+            identity["handle"] = data["handle"]
+        return plain, identity, {field: data[field] for field in CONTENT_FIELDS if field in data}
     plain = dict(data)
-    identity: dict[str, Any] = {}
-    content: dict[str, Any] = {}
-    if "contact" in plain:
+    identity = {}
+    if contact_token is not None:
         contact = plain["contact"]
         identity["contact"] = contact["value"]
-        plain["contact"] = {"kind": contact["kind"], "token": _token(keyring, contact)}
-    if "channel" in plain:  # an interaction
-        if "handle" in plain:
-            identity["handle"] = plain.pop("handle")
-        content = {field: plain.pop(field) for field in CONTENT_FIELDS if field in plain}
-        return plain, identity, content
+        plain["contact"] = {"kind": contact["kind"], "token": contact_token}
     if "name" in plain:
         identity["name"] = plain.pop("name")
     if plain.get("contacts"):
         contacts = plain["contacts"]
         identity["contacts"] = [c["value"] for c in contacts]
         plain["contacts"] = [{"kind": c["kind"], "token": _token(keyring, c)} for c in contacts]
-    return plain, identity, content
+    return plain, identity, {}
 
 
 def _token(keyring: Keyring, contact: Mapping[str, str]) -> str:
