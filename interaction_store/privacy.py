@@ -89,8 +89,6 @@ CONTENT_FIELDS: Final = (
     "attributes",
 )
 _CONTENT: Final = frozenset(CONTENT_FIELDS)
-#: What leaves an interaction's data for its boxes.
-_BOXED: Final = _CONTENT | {"handle"}
 _LISTS: Final = frozenset({"to", "cc", "attachments", "media_urls", "contacts"})
 _OBJECTS: Final = frozenset({"attributes"})
 #: Customer events whose data holds an address or a name.
@@ -623,10 +621,12 @@ class Sealer:
         """An identity box: the same values under the same key are the same bytes, so the
         box of a contact met before is not sealed again. (That two events of one owner
         share an address says no more than their contacts' equal tokens.)"""
-        # An interaction's values are strings, kept by name; a customer's may be lists.
-        items = tuple(values.items())
-        plain = all(type(value) is str for _, value in items)
-        memo = (key.key_id, items if plain else orjson.dumps(values, option=orjson.OPT_SORT_KEYS))
+        # An interaction's are an address and maybe a handle, both strings; a customer's
+        # may hold lists, and are known by their JSON.
+        if len(values) <= 2 and all(type(value) is str for value in values.values()):
+            memo: tuple[int, Any] = (key.key_id, tuple(values.items()))
+        else:
+            memo = (key.key_id, orjson.dumps(values, option=orjson.OPT_SORT_KEYS))
         box = self._identity_boxes.get(memo)
         if box is None:
             plaintext = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
@@ -747,13 +747,17 @@ def _split(
     box's fields); contacts keep their kind and gain their token (the contact's is
     given)."""
     if contact_token is not None and "channel" in data:  # an interaction
-        plain = {key: value for key, value in data.items() if key not in _BOXED}
+        plain = data.copy()
         contact = data["contact"]
         plain["contact"] = {"kind": contact["kind"], "token": contact_token}
         identity = {"contact": contact["value"]}
-        if "handle" in data:
-            identity["handle"] = data["handle"]
-        return plain, identity, {field: data[field] for field in CONTENT_FIELDS if field in data}
+        if "handle" in plain:
+            identity["handle"] = plain.pop("handle")
+        return (
+            plain,
+            identity,
+            {field: plain.pop(field) for field in CONTENT_FIELDS if field in plain},
+        )
     plain = dict(data)
     identity = {}
     if contact_token is not None:
