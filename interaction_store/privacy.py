@@ -254,7 +254,8 @@ def _make_keys(
         for r in missing
     ]
     # The second part reads the statement's snapshot: the keys stored before it, not the
-    # ones it inserts (which the first part returns without their key, known here).
+    # ones it inserts (which the first part returns without their key, known here). For a
+    # pair it inserted, the key it found may be one an erasure has shredded since: left out.
     keys = []
     for key_id, owner, scope, wrapped in conn.execute(
         """
@@ -277,6 +278,8 @@ def _make_keys(
           FROM wanted AS w
           JOIN data_keys AS k
             ON k.owner = w.owner AND k.scope = w.scope AND k.shredded_at IS NULL
+         WHERE NOT EXISTS (SELECT FROM inserted AS i
+                            WHERE i.owner = w.owner AND i.scope = w.scope)
         """,
         (orjson.dumps(rows).decode(),),
     ).fetchall():
@@ -285,8 +288,8 @@ def _make_keys(
             keys.append((key_id, owner, scope, made[(owner, scope)]))
         else:
             keys.append((key_id, owner, scope, keyring.unwrap(owner, scope, bytes(wrapped))))
-    if len(keys) < len(missing):  # made meanwhile by another appender, still committing
-        taken = {(owner, scope) for _, owner, scope, _ in keys}
+    taken = {(owner, scope) for _, owner, scope, _ in keys}
+    if len(taken) < len(missing):  # made meanwhile by another appender, still committing
         others = [
             row for row, r in zip(rows, missing, strict=True) if (r.owner, r.scope) not in taken
         ]
@@ -342,10 +345,19 @@ class FreshKeys:
     def __init__(self) -> None:
         self.by_request: dict[tuple[bytes, str], tuple[_Key, NewKey]] = {}
         self.by_id: dict[int, NewKey] = {}
+        self.uses: dict[UUID, tuple[int, ...]] = {}  # by event: the ids of those it uses
 
     def add(self, key: _Key, new: NewKey) -> None:
         self.by_request[(new.owner, new.scope)] = (key, new)
         self.by_id[new.key_id] = new
+
+    def use(self, event_id: UUID, key_ids: Sequence[int]) -> tuple[NewKey, ...]:
+        """Of the keys an event is sealed under, those made here, for its statement to
+        insert."""
+        new = tuple(self.by_id[key_id] for key_id in key_ids if key_id in self.by_id)
+        if new:
+            self.uses[event_id] = tuple(key.key_id for key in new)
+        return new
 
     def __bool__(self) -> bool:
         return bool(self.by_id)
@@ -521,10 +533,14 @@ class Sealer:
             self._content.clear()
         self._sealing[(owner, scope)] = key
 
-    def adopt(self, fresh: FreshKeys) -> None:
-        """Keys an append made and has committed: the next appends seal under them."""
+    def adopt(self, fresh: FreshKeys, written: Iterable[UUID]) -> None:
+        """The keys made for an append that its committed events use (``written``, their
+        ids): the next appends seal under them. A key only events found stored already
+        would have used was never inserted, and a key known meanwhile is kept."""
+        inserted = {key_id for event_id in written for key_id in fresh.uses.get(event_id, ())}
         for key, new in fresh.by_request.values():
-            self._remember(new.owner, new.scope, key)
+            if new.key_id in inserted and (new.owner, new.scope) not in self._sealing:
+                self._remember(new.owner, new.scope, key)
 
     def _reserve(self, count: int, conn: psycopg.Connection[Any] | None) -> list[int]:
         """``count`` unused key ids, taken from data_keys' own sequence in blocks."""

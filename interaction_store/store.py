@@ -377,13 +377,16 @@ class Store:
         if len(items) > self.max_batch_events:
             reason = f"{len(items)} events; the limit is {self.max_batch_events}"
             raise EventValidationError([FieldError(None, "events", reason)])
-        make_keys = True  # new data keys go in the append's own statement (FreshKeys)
+        overlapped = len(items) > _CHUNK and not expected.errors
+        # New data keys go in the append's own statement (FreshKeys), but for a batch sent
+        # in parts (see _append_overlapped).
+        make_keys = not overlapped
         for attempt in range(1, _RETRIES + 1):
             fresh = FreshKeys() if make_keys else None
             try:
                 with self.pool.connection() as conn:
-                    if len(items) > _CHUNK and not expected.errors:
-                        result = self._append_overlapped(conn, items, expected, fresh)
+                    if overlapped:
+                        result = self._append_overlapped(conn, items, expected)
                     else:
                         prepared = self._prepare(items, expected, conn, fresh)
                         result = _append_prepared(conn, prepared, expected)
@@ -397,17 +400,13 @@ class Store:
                 if attempt == _RETRIES:
                     raise
         if fresh:
-            self.sealer.adopt(fresh)
+            self.sealer.adopt(fresh, (e.event_id for e in result.events if not e.already_present))
         if result.events:
             self._notifier.poke(result.position)
         return result
 
     def _append_overlapped(
-        self,
-        conn: psycopg.Connection[Any],
-        items: list[_Item],
-        expected: _Expectations,
-        fresh: FreshKeys | None = None,
+        self, conn: psycopg.Connection[Any], items: list[_Item], expected: _Expectations
     ) -> AppendResult:
         """Append a large batch in chunks, each sent while the next one is prepared.
 
@@ -420,6 +419,13 @@ class Store:
         resolves replays, conflicts and races. Only the pipeline's exit syncs: an explicit
         sync after a message of a megabyte or more can deadlock psycopg 3.3.9 over a Unix
         socket (``test_a_large_batch_of_large_events_does_not_stall_the_pipeline``).
+
+        Its new data keys are made on their own, committed before the chunks that use
+        them, not in its statements: a key inserted by an early chunk would stay
+        uncommitted while a later one waits for another transaction, and if that one
+        needed the same key, it would wait for the batch in a way PostgreSQL does not
+        see as a deadlock (the sealer's connection waiting for the batch, the batch for
+        the transaction, the transaction for its client on the sealer).
         """
         errors: list[FieldError] = []
         seen: dict[UUID, int] = {}
@@ -427,7 +433,6 @@ class Store:
         placed: dict[UUID, tuple[int, int]] = {}
         refused: psycopg.Error | None = None
         claimed: set[str] = set()  # streams whose expectation a sent chunk carries
-        inserted: set[int] = set()  # new data keys a sent chunk inserts
         with conn.transaction():
             _check_expectations(conn, expected.idle)
             try:
@@ -435,7 +440,7 @@ class Store:
                     sent: list[psycopg.Cursor[Any]] = []
                     for start in range(0, len(items), _CHUNK):
                         chunk = self._prepare_chunk(
-                            items[start : start + _CHUNK], start, seen, errors, fresh=fresh
+                            items[start : start + _CHUNK], start, seen, errors
                         )
                         prepared.extend(chunk)
                         if errors or refused:
@@ -446,8 +451,9 @@ class Store:
                                 claimed.add(p.stream_id)
                                 wanted[p.stream_id] = expected.versions.get(p.stream_id)
                         try:
-                            statement = _insert_statement(chunk, wanted, True, inserted)
-                            sent.append(conn.execute(*statement))
+                            sent.append(
+                                conn.execute(*_insert_statement(chunk, wanted, locked=True))
+                            )
                         except psycopg.Error as exc:  # an earlier chunk's result, refused
                             refused = exc
                 # Leaving the pipeline waited for every result.
@@ -460,8 +466,6 @@ class Store:
                 raise psycopg.Rollback()
         if errors:
             raise EventValidationError(errors)
-        if refused is not None and refused.diag.table_name == "data_keys":
-            raise KeysTaken() from refused  # sealed again, whole, with the keys stored
         if refused is not None:
             log.debug("chunked append refused, running it whole: %s", refused)
             return _append_prepared(conn, prepared, expected)
@@ -579,7 +583,7 @@ class Store:
                     ),
                     metadata_digest=metadata_digest(orjson.Fragment(metadata)),
                     key_ids=key_ids,
-                    new_keys=_new_keys(key_ids, fresh),
+                    new_keys=() if fresh is None else fresh.use(model.id, key_ids),
                 )
             )
         return prepared
@@ -927,7 +931,7 @@ def _already_stored(
     found = {}
     for event_id, position, stream_id, stream_version, digest, shredded, sealed in rows:
         p = by_id[event_id]
-        if digest != p.content_digest and p.new_keys and not shredded:
+        if digest != p.content_digest and p.new_keys and sealed and not shredded:
             # Sealed under keys made for this append, it cannot match an event sealed
             # under the keys stored: it is compared again sealed under those.
             raise KeysTaken()
@@ -978,7 +982,7 @@ def _insert(
     locked: bool = False,
 ) -> dict[UUID, tuple[int, int]]:
     """Run the append statement once; the new events' (position, version) by id."""
-    return _placed(conn.execute(*_insert_statement(prepared, expected, locked)))
+    return _placed(conn.execute(*_insert_statement(prepared, expected, locked=locked)))
 
 
 def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
@@ -986,23 +990,12 @@ def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
 
 
 def _insert_statement(
-    prepared: list[_Prepared],
-    expected: dict[str, int | None],
-    locked: bool = False,
-    inserted: set[int] | None = None,
+    prepared: list[_Prepared], expected: dict[str, int | None], *, locked: bool = False
 ) -> tuple[str, dict[str, Any]]:
-    """The append statement for ``prepared`` and its parameters.
-
-    It inserts the data keys the events' append made (``FreshKeys``), but for those in
-    ``inserted`` (by an earlier statement of the transaction), which it adds its own to.
-    """
+    """The append statement for ``prepared`` and its parameters; it inserts the data keys
+    made for the events (``FreshKeys``) too."""
     fresh = {key.key_id: key for p in prepared for key in p.new_keys}
-    new_keys = sorted(
-        (key for key_id, key in fresh.items() if inserted is None or key_id not in inserted),
-        key=lambda key: (key.owner, key.scope),
-    )
-    if inserted is not None:
-        inserted.update(fresh)
+    new_keys = sorted(fresh.values(), key=lambda key: (key.owner, key.scope))
     if len(prepared) == 1:
         [p] = prepared
         params = {
@@ -1057,13 +1050,6 @@ def _with_new_keys(name: str) -> str:
     if statement.startswith("WITH "):
         return f"WITH {query('new_keys')},\n{statement.removeprefix('WITH ')}"
     return f"WITH {query('new_keys')}\n{statement}"
-
-
-def _new_keys(key_ids: tuple[int, ...], fresh: FreshKeys | None) -> tuple[NewKey, ...]:
-    """Those of ``key_ids`` the append makes (``FreshKeys``)."""
-    if not fresh:
-        return ()
-    return tuple(fresh.by_id[key_id] for key_id in key_ids if key_id in fresh.by_id)
 
 
 def _keys_param(

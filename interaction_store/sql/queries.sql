@@ -92,6 +92,8 @@ new_keys AS (
     SELECT k.key_id, decode(k.owner, 'hex'), k.scope, k.channel, k.period, decode(k.key, 'hex')
       FROM jsonb_to_recordset(%(new_keys)s::jsonb)
            AS k(key_id bigint, owner text, scope text, channel text, period date, key text)
+     -- the shredding lock first, whatever order PostgreSQL runs the statement's parts in
+     WHERE (SELECT data_keys_live('{}'))
 )
 
 -- name: stored_events --
