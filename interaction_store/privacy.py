@@ -48,7 +48,7 @@ import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 
-from interaction_store.exceptions import ConfigurationError, DatabaseError
+from interaction_store.exceptions import ConcurrencyError, ConfigurationError, DatabaseError
 from interaction_store.settings import Settings
 
 __all__ = [
@@ -365,6 +365,12 @@ class FreshKeys:
 
 #: Key ids reserved from the sequence at a time, for keys an append makes itself.
 _RESERVE: Final = 256
+#: How long the sealer's own connection waits for a key another append is inserting.
+#: A batch sent in parts holds the keys its early parts made until it commits, and may
+#: itself wait for a transaction of ``Store.transaction()`` meanwhile; if that one waits
+#: for such a key, PostgreSQL cannot see the deadlock (one side waits in the client), so
+#: the wait ends here and the transaction is told to run again.
+_KEY_WAIT: Final = "5s"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -469,6 +475,9 @@ class Sealer:
             self._conn = psycopg.connect(self._conninfo, autocommit=True)
             # Closed with the sealer, if its store is dropped without close().
             weakref.finalize(self, self._conn.close)
+            # A key another append is making, uncommitted, is waited for (see
+            # _KEY_WAIT); a wait that PostgreSQL could see as a deadlock it ends first.
+            self._conn.execute("SELECT set_config('lock_timeout', %s, false)", (_KEY_WAIT,))
         return self._conn
 
     def forget(self, key_ids: Iterable[int]) -> None:
@@ -518,7 +527,15 @@ class Sealer:
             return found
         if conn is None:
             with self._lock:
-                keys = _make_keys(self._connection(), keyring, missing)
+                try:
+                    keys = _make_keys(self._connection(), keyring, missing)
+                except psycopg.errors.LockNotAvailable:
+                    raise ConcurrencyError(
+                        "another append is making a data key this one needs, and has not"
+                        f" finished in {_KEY_WAIT}; if this append is part of a transaction,"
+                        " that append may be waiting for it (a deadlock): roll the"
+                        " transaction back and retry it"
+                    ) from None
         else:
             keys = _make_keys(conn, keyring, missing)
         for key_id, owner, scope, raw in keys:

@@ -377,16 +377,13 @@ class Store:
         if len(items) > self.max_batch_events:
             reason = f"{len(items)} events; the limit is {self.max_batch_events}"
             raise EventValidationError([FieldError(None, "events", reason)])
-        overlapped = len(items) > _CHUNK and not expected.errors
-        # New data keys go in the append's own statement (FreshKeys), but for a batch sent
-        # in parts (see _append_overlapped).
-        make_keys = not overlapped
+        make_keys = True  # new data keys go in the append's own statement (FreshKeys)
         for attempt in range(1, _RETRIES + 1):
             fresh = FreshKeys() if make_keys else None
             try:
                 with self.pool.connection() as conn:
-                    if overlapped:
-                        result = self._append_overlapped(conn, items, expected)
+                    if len(items) > _CHUNK and not expected.errors:
+                        result = self._append_overlapped(conn, items, expected, fresh)
                     else:
                         prepared = self._prepare(items, expected, conn, fresh)
                         result = _append_prepared(conn, prepared, expected)
@@ -406,7 +403,11 @@ class Store:
         return result
 
     def _append_overlapped(
-        self, conn: psycopg.Connection[Any], items: list[_Item], expected: _Expectations
+        self,
+        conn: psycopg.Connection[Any],
+        items: list[_Item],
+        expected: _Expectations,
+        fresh: FreshKeys | None = None,
     ) -> AppendResult:
         """Append a large batch in chunks, each sent while the next one is prepared.
 
@@ -420,12 +421,13 @@ class Store:
         sync after a message of a megabyte or more can deadlock psycopg 3.3.9 over a Unix
         socket (``test_a_large_batch_of_large_events_does_not_stall_the_pipeline``).
 
-        Its new data keys are made on their own, committed before the chunks that use
-        them, not in its statements: a key inserted by an early chunk would stay
-        uncommitted while a later one waits for another transaction, and if that one
-        needed the same key, it would wait for the batch in a way PostgreSQL does not
-        see as a deadlock (the sealer's connection waiting for the batch, the batch for
-        the transaction, the transaction for its client on the sealer).
+        Each chunk inserts the new data keys its events are the first to use (FreshKeys),
+        and holds them uncommitted while the chunks after it run. A transaction of
+        ``Store.transaction()`` that needs one of them meanwhile makes it on the sealer's
+        connection and waits for the batch; if the batch waits for that transaction too,
+        PostgreSQL cannot see the deadlock (one side waits in the client), so the
+        sealer's connection gives up after a few seconds (``privacy._KEY_WAIT``) and the
+        transaction is refused with ``ConcurrencyError``.
         """
         errors: list[FieldError] = []
         seen: dict[UUID, int] = {}
@@ -433,6 +435,7 @@ class Store:
         placed: dict[UUID, tuple[int, int]] = {}
         refused: psycopg.Error | None = None
         claimed: set[str] = set()  # streams whose expectation a sent chunk carries
+        inserted: set[int] = set()  # new data keys a sent chunk inserts
         with conn.transaction():
             _check_expectations(conn, expected.idle)
             try:
@@ -440,7 +443,7 @@ class Store:
                     sent: list[psycopg.Cursor[Any]] = []
                     for start in range(0, len(items), _CHUNK):
                         chunk = self._prepare_chunk(
-                            items[start : start + _CHUNK], start, seen, errors
+                            items[start : start + _CHUNK], start, seen, errors, fresh=fresh
                         )
                         prepared.extend(chunk)
                         if errors or refused:
@@ -451,9 +454,8 @@ class Store:
                                 claimed.add(p.stream_id)
                                 wanted[p.stream_id] = expected.versions.get(p.stream_id)
                         try:
-                            sent.append(
-                                conn.execute(*_insert_statement(chunk, wanted, locked=True))
-                            )
+                            statement = _insert_statement(chunk, wanted, True, inserted)
+                            sent.append(conn.execute(*statement))
                         except psycopg.Error as exc:  # an earlier chunk's result, refused
                             refused = exc
                 # Leaving the pipeline waited for every result.
@@ -466,6 +468,8 @@ class Store:
                 raise psycopg.Rollback()
         if errors:
             raise EventValidationError(errors)
+        if refused is not None and refused.diag.table_name == "data_keys":
+            raise KeysTaken() from refused  # sealed again, whole, with the keys stored
         if refused is not None:
             log.debug("chunked append refused, running it whole: %s", refused)
             return _append_prepared(conn, prepared, expected)
@@ -982,7 +986,7 @@ def _insert(
     locked: bool = False,
 ) -> dict[UUID, tuple[int, int]]:
     """Run the append statement once; the new events' (position, version) by id."""
-    return _placed(conn.execute(*_insert_statement(prepared, expected, locked=locked)))
+    return _placed(conn.execute(*_insert_statement(prepared, expected, locked)))
 
 
 def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
@@ -990,12 +994,23 @@ def _placed(cursor: psycopg.Cursor[Any]) -> dict[UUID, tuple[int, int]]:
 
 
 def _insert_statement(
-    prepared: list[_Prepared], expected: dict[str, int | None], *, locked: bool = False
+    prepared: list[_Prepared],
+    expected: dict[str, int | None],
+    locked: bool = False,
+    inserted: set[int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The append statement for ``prepared`` and its parameters; it inserts the data keys
-    made for the events (``FreshKeys``) too."""
+    """The append statement for ``prepared`` and its parameters.
+
+    It inserts the data keys made for the events (``FreshKeys``), but for those in
+    ``inserted`` (by an earlier statement of the transaction), which it adds its own to.
+    """
     fresh = {key.key_id: key for p in prepared for key in p.new_keys}
-    new_keys = sorted(fresh.values(), key=lambda key: (key.owner, key.scope))
+    new_keys = sorted(
+        (key for key_id, key in fresh.items() if inserted is None or key_id not in inserted),
+        key=lambda key: (key.owner, key.scope),
+    )
+    if inserted is not None:
+        inserted.update(fresh)
     if len(prepared) == 1:
         [p] = prepared
         params = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -213,6 +214,54 @@ def test_a_store_replaying_an_erased_event_keeps_no_key_it_did_not_write(
         assert read.data["body"] == "later"
     finally:
         restarted.close()
+
+
+def test_a_transaction_needing_a_key_a_waiting_batch_holds_is_refused_not_stuck(
+    store: Store, database_url: str
+) -> None:
+    """A batch sent in parts makes a new owner's key in its first part, then waits for a
+    transaction that holds a stream version it wants; the transaction then needs that
+    owner's key. Each waits for the other, one of them in the client, where PostgreSQL
+    cannot see it: the transaction is refused after a few seconds and the batch goes on."""
+    store.append("conversation-cv-s", [email(0, conversation_id="cv-s")])
+    newcomer = "email:x@example.com"
+    batch = [email(10 + n, contact=newcomer, conversation_id="cv-x") for n in range(250)]
+    batch += [email(300 + n, conversation_id="cv-s") for n in range(5)]
+    outcome: dict[str, Any] = {}
+
+    def append_batch() -> None:
+        try:
+            outcome["batch"] = store.append_batch(batch)
+        except Exception as exc:
+            outcome["batch"] = exc
+
+    thread = threading.Thread(target=append_batch)
+    began = time.monotonic()
+
+    def transaction() -> None:
+        with store.transaction() as tx:
+            tx.append("conversation-cv-s", [email(1, conversation_id="cv-s")])
+            thread.start()
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                while conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event = 'transactionid'"
+                ).fetchone() != (1,):
+                    assert time.monotonic() - began < 20, "the batch never waited"
+                    time.sleep(0.05)
+            tx.append("conversation-cv-y", [email(2, contact=newcomer, conversation_id="cv-y")])
+
+    with pytest.raises(ConcurrencyError, match="data key"):
+        transaction()
+    thread.join(30)
+    assert time.monotonic() - began < 30
+    result = outcome["batch"]
+    assert not isinstance(result, Exception), result
+    assert result.appended == len(batch)
+    assert [e.data["external_id"] for e in store.read_stream("conversation-cv-s")] == [
+        "<m0@mail.example.com>",
+        *(f"<m{300 + n}@mail.example.com>" for n in range(5)),
+    ]
 
 
 def test_the_configured_privacy_key_must_be_the_one_the_data_was_sealed_with(
