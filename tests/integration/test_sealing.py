@@ -133,6 +133,32 @@ def test_the_check_of_an_appends_keys_refuses_an_id_with_no_key(database_url: st
         assert refused.value.diag.message_detail == "987654321"
 
 
+def test_the_check_of_an_appends_keys_names_exactly_the_keys_gone(
+    store: Store, database_url: str
+) -> None:
+    """Live keys pass however often they are named; among them, the shredded and the
+    missing are named and nothing else; an empty list checks nothing but still waits for
+    an erasure that holds the lock."""
+    store.append_batch(list(generate(40, seed=5, customer_count=8)))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        live = [row[0] for row in conn.execute("SELECT key_id FROM data_keys ORDER BY key_id")]
+        assert len(live) >= 4
+        check = "SELECT data_keys_live(%s::bigint[])"
+        assert conn.execute(check, (live + live[:2],)).fetchone() == (True,)
+        conn.execute("UPDATE data_keys SET key = NULL, shredded_at = now() WHERE key_id = %s",
+                     (live[1],))  # fmt: skip
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(check, ([live[0], live[1], live[1], 987654321, live[2]],))
+        assert refused.value.sqlstate == "ISC02"
+        assert refused.value.diag.message_detail == f"{live[1]},{live[1]},987654321"
+        assert conn.execute(check, ([],)).fetchone() == (True,)
+        with psycopg.connect(database_url) as eraser:
+            eraser.execute("SELECT pg_advisory_xact_lock(4936157270312945623)")
+            conn.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                conn.execute(check, ([],))
+
+
 def test_stores_meeting_a_new_owner_at_once_agree_on_one_key(
     pool: ConnectionPool[Any], database_url: str
 ) -> None:
