@@ -15,7 +15,7 @@ help:
 	@echo "make run      serve the API and projections on 127.0.0.1:8000, embedded PostgreSQL, demo data"
 	@echo "make test     lint, type-check and run the whole test suite"
 	@echo "make schemas  regenerate schemas/ from the event models"
-	@echo "make bench    run the benchmarks (bench/append.py, bench/projections.py, bench/api.py, bench/email_import.py, bench/audit_verify.py, bench/privacy.py)"
+	@echo "make bench    run the benchmarks (bench/append.py, bench/projections.py, bench/api.py, bench/email_import.py, bench/audit_verify.py, bench/privacy.py, bench/prepare.py)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.x")'
@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/email_import.py
 	$(BIN)/python bench/audit_verify.py
 	$(BIN)/python bench/privacy.py
+	$(BIN)/python bench/prepare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
