@@ -677,11 +677,14 @@ class Store:
         with self.pool.connection() as conn:
             return _stream_version(conn, stream_id)
 
-    def wait_for(self, position: int, timeout: float = 5.0) -> bool:
+    def wait_for(
+        self, position: int, timeout: float = 5.0, *, cancel: threading.Event | None = None
+    ) -> bool:
         """Wait until the event at ``position`` can be read by gap-safe readers.
 
-        True once it can; False if ``timeout`` seconds passed first. For read-your-writes:
-        wait for the ``position`` an append returned.
+        True once it can; False if ``timeout`` seconds passed first, or ``cancel`` was set
+        (noticed within a quarter of a second). For read-your-writes: wait for the
+        ``position`` an append returned.
         """
         deadline = time.monotonic() + timeout
         if self._readable(position):
@@ -690,7 +693,7 @@ class Store:
             delay = 0.005
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (cancel is not None and cancel.is_set()):
                     return False
                 listener.wait(min(delay, remaining))
                 delay = min(delay * 2, 0.25)

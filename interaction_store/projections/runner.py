@@ -182,7 +182,7 @@ class ProjectionRunner:
                 continue
             head = self.store.head()
             if not self._stop.is_set():
-                self.store.wait_for(head + 1, timeout=self.poll_interval)
+                self.store.wait_for(head + 1, timeout=self.poll_interval, cancel=self._stop)
 
     def stop(self) -> None:
         self._stop.set()

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from interaction_store import Checkpoint
+from interaction_store.projections import ProjectionRunner
 from interaction_store.store import RecordedEvent, Store, _Listener
 from tests.helpers import sms
 
@@ -123,3 +124,23 @@ def test_a_lost_listen_connection_is_opened_again(
         stop.set()
         store.append("s-1", [sms(2)])
         thread.join(40)
+
+
+def test_a_cancelled_wait_ends_at_once_and_an_idle_runner_stops_promptly(store: Store) -> None:
+    """Stopping a projector that waits for new events does not wait out its poll interval
+    (a service's shutdown, or each API test's, took that second)."""
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    started = time.monotonic()
+    assert store.wait_for(store.head() + 1, timeout=10, cancel=cancel) is False
+    assert time.monotonic() - started < 1.0
+
+    runner = ProjectionRunner(store, [], poll_interval=10)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    time.sleep(0.3)  # caught up: waiting for an event that does not come
+    stopping = time.monotonic()
+    runner.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert time.monotonic() - stopping < 1.0
