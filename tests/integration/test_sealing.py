@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from interaction_store import privacy
 from interaction_store.audit.replay import replay
 from interaction_store.audit.verify import verify
 from interaction_store.cli import cli
@@ -243,12 +244,13 @@ def test_a_store_replaying_an_erased_event_keeps_no_key_it_did_not_write(
 
 
 def test_a_transaction_needing_a_key_a_waiting_batch_holds_is_refused_not_stuck(
-    store: Store, database_url: str
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch sent in parts makes a new owner's key in its first part, then waits for a
     transaction that holds a stream version it wants; the transaction then needs that
     owner's key. Each waits for the other, one of them in the client, where PostgreSQL
     cannot see it: the transaction is refused after a few seconds and the batch goes on."""
+    monkeypatch.setattr(privacy, "_KEY_WAIT", "1s")  # the sealer's connection opens later
     store.append("conversation-cv-s", [email(0, conversation_id="cv-s")])
     newcomer = "email:x@example.com"
     batch = [email(10 + n, contact=newcomer, conversation_id="cv-x") for n in range(250)]
