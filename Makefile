@@ -37,8 +37,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# In parallel, each worker starts an embedded server of its own. A server given by URL (or
+# a container) is shared, and on one server a reader waits for every writing transaction,
+# whatever its database (README, read_all): there the tests run one at a time.
+PYTEST_WORKERS ?= $(if $(INTERACTION_STORE_TEST_DATABASE_URL)$(INTERACTION_STORE_TEST_DOCKER),0,auto)
+
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --maxprocesses 4
 
 schemas: $(STAMP)
 	$(BIN)/python -m interaction_store.schemas

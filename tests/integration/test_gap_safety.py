@@ -11,6 +11,7 @@ import pytest
 
 from interaction_store import Checkpoint
 from interaction_store.store import RecordedEvent, Store
+from interaction_store.testing import TestDatabases
 from tests.helpers import sms
 
 
@@ -100,6 +101,23 @@ def test_a_foreign_idle_writing_transaction_holds_readers_back(
         assert store.read_all() == []
         foreign.rollback()
     assert [e.position for e in store.read_all()] == [appended.position]
+
+
+def test_a_writing_transaction_in_another_database_of_the_server_holds_readers_back(
+    store: Store, databases: TestDatabases
+) -> None:
+    """Transaction ids are the server's, not a database's: the watermark waits for a
+    writing transaction in any database on it (README, read_all)."""
+    neighbour = databases.create(empty=True)
+    try:
+        with psycopg.connect(neighbour) as foreign:
+            foreign.execute("CREATE TABLE scratch (x int)")  # holds a transaction id, idle
+            appended = store.append("s-1", [sms(1)])
+            assert store.read_all() == []
+            foreign.commit()
+        assert [e.position for e in store.read_all()] == [appended.position]
+    finally:
+        databases.drop(neighbour)
 
 
 def test_an_idle_read_only_transaction_does_not_hold_readers_back(
