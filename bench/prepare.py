@@ -17,6 +17,12 @@ which is how ``bench/append.py`` runs it; on a small VM that, not the code, can 
 an append's client-side cost. Then, for scale, the same events 1,000 per call, sealed and
 not (``seal_personal_data``). Data keys are made in a warm-up first, so every round seals
 under keys the store knows.
+
+Last, the other half of a single append: its statement alone, its parameters made
+beforehand, one per transaction, beside a plain INSERT of the same row into ``events``
+(the table and its indexes, no chain, no key check) and the raw INSERT of
+``bench/append.py`` into a bare table. For each: wall time per statement and, on Linux,
+the CPU the machine spent meanwhile outside this process (the server, mostly).
 """
 
 from __future__ import annotations
@@ -29,19 +35,29 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import psycopg
+from append import INSERT_ROW, RAW_TABLE
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from interaction_store.db import migrate, open_pool
+from interaction_store.db import configure_connection, migrate, open_pool
 from interaction_store.demo import generate
 from interaction_store.embedded import EmbeddedPostgres
 from interaction_store.events import EventBase
-from interaction_store.store import Store, _Expectations
+from interaction_store.store import Store, _Expectations, _insert_statement, _Prepared
 
 Item = tuple[str | None, EventBase | Mapping[str, Any]]
 Conn = psycopg.Connection[Any]
+
+#: The row the store's statement writes, without its chain link or the key check: what
+#: the table and its indexes cost (a stream of its own per row, at version 1).
+PLAIN_INSERT = """INSERT INTO events (transaction_id, event_id, stream_id, stream_version, type,
+    schema_version, occurred_at, recorded_at, payload, metadata, content_digest, hash, prev_hash)
+VALUES (pg_current_xact_id(), %(event_id)s, 'plain-' || %(event_id)s, 1, %(type)s,
+    %(schema_version)s, %(occurred_at)s, now(), %(payload)s::jsonb, %(metadata)s::jsonb,
+    %(content_digest)s, %(content_digest)s, %(metadata_digest)s)"""
 
 
 def per_event(
@@ -95,8 +111,60 @@ def measure(store: Store, conn: Conn, args: argparse.Namespace) -> dict[str, flo
             runs[way].append(per_event(singles, prepare, before))
     figures = {way: statistics.median(values) for way, values in runs.items()}
     figures["sealed, 1,000 per call"] = per_event(batches, prepare, None)
+    prepared = [store._prepare(item, _Expectations()) for item in singles]
+    figures |= statements(conn, prepared, args.rounds)
     store.seal_personal_data = False
     figures["unsealed, 1,000 per call"] = per_event(batches, prepare, None)
+    return figures
+
+
+def busy_elsewhere() -> Callable[[], float]:
+    """A stopwatch of the CPU seconds the machine spends outside this process (Linux)."""
+
+    def busy() -> float:
+        with open("/proc/stat") as stat:
+            jiffies = [int(n) for n in stat.readline().split()[1:]]
+        return (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
+
+    began, cpu = busy(), time.process_time()
+    return lambda: busy() - began - (time.process_time() - cpu)
+
+
+def statements(conn: Conn, prepared: list[list[_Prepared]], rounds: int) -> dict[str, float]:
+    """Median µs per statement, wall and elsewhere-CPU: the store's, a plain insert into
+    ``events``, the raw insert; alternating in ``rounds`` slices of the events."""
+    configure_connection(conn)  # as the store's pool does: generic plans
+    conn.execute(RAW_TABLE)
+    store = [_insert_statement(p, {}) for p in prepared]
+    plain = [(PLAIN_INSERT, {**params, "event_id": uuid4()}) for _, params in store]
+    versions: dict[str, int] = {}
+    raw: list[tuple[str, Any]] = []
+    for _, params in store:
+        stream = params["stream_id"]
+        versions[stream] = versions.get(stream, 0) + 1
+        row = (params["event_id"], stream, versions[stream], params["type"])
+        raw.append(
+            (INSERT_ROW, (*row, params["occurred_at"], params["payload"], params["metadata"]))
+        )
+    paths: dict[str, list[tuple[str, Any]]] = {
+        "store statement": store,
+        "plain INSERT into events": plain,
+        "raw INSERT": raw,
+    }
+    runs: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
+    size = len(store) // rounds
+    for round_ in range(rounds):
+        part = slice(round_ * size, (round_ + 1) * size)
+        for path, work in list(paths.items())[:: 1 if round_ % 2 == 0 else -1]:
+            elsewhere, began = busy_elsewhere(), time.perf_counter()
+            for statement, params in work[part]:
+                conn.execute(statement, params)
+            wall = time.perf_counter() - began
+            runs[path].append((wall / size * 1e6, elsewhere() / size * 1e6))
+    figures = {}
+    for path, values in runs.items():
+        figures[f"{path}, wall"] = statistics.median(wall for wall, _ in values)
+        figures[f"{path}, elsewhere"] = statistics.median(cpu for _, cpu in values)
     return figures
 
 
@@ -141,6 +209,14 @@ def main() -> None:
     print("CPU per event, 1,000 per call:")
     for way in ("sealed, 1,000 per call", "unsealed, 1,000 per call"):
         print(f"  {way.split(',')[0]:<26} {figures[way]:>7.1f} µs")
+    print("One statement per transaction, its parameters made beforehand (median µs):")
+    raw = figures["raw INSERT, wall"]
+    for path in ("store statement", "plain INSERT into events", "raw INSERT"):
+        wall, elsewhere = figures[f"{path}, wall"], figures[f"{path}, elsewhere"]
+        print(
+            f"  {path:<26} {wall:>7.0f} wall ({raw / wall:.2f} of the raw rate),"
+            f" {elsewhere:>4.0f} of CPU outside this process"
+        )
 
 
 if __name__ == "__main__":
