@@ -38,8 +38,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # In parallel, each worker starts an embedded server of its own. A server given by URL (or
-# a container) is shared, and on one server a reader waits for every writing transaction,
-# whatever its database (README, read_all): there the tests run one at a time.
+# a container) is shared, where a test's read right after a commit can stop short while
+# another test's transaction ends (README, read_all): there the tests run one at a time.
 PYTEST_WORKERS ?= $(if $(INTERACTION_STORE_TEST_DATABASE_URL)$(INTERACTION_STORE_TEST_DOCKER),0,auto)
 
 pytest: $(STAMP)

@@ -121,7 +121,8 @@ SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_versi
  LIMIT %(limit)s
 
 -- name: read_all --
--- Gap-safe: only transactions older than every running one are read, in commit-safe
+-- Gap-safe: only transactions older than every running one of this database are read
+-- (events_horizon, migration 0014), in commit-safe
 -- (transaction_id, position) order, so an event whose transaction commits late is never
 -- passed over.
 SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_version, type,
@@ -129,7 +130,7 @@ SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_versi
        hash, prev_hash
   FROM events
  WHERE (transaction_id, position) > (%(transaction_id)s::text::xid8, %(position)s::bigint)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+   AND transaction_id < (SELECT events_horizon())
    AND (%(types)s::text[] IS NULL OR type = ANY (%(types)s::text[]))
  -- qualified: the xid8 column's own order, never that of a text rendering of it
  ORDER BY events.transaction_id, events.position
@@ -144,11 +145,11 @@ SELECT coalesce(max(position), 0) FROM events
 SELECT transaction_id::text AS txid, position
   FROM events
  WHERE position = %(position)s
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+   AND transaction_id < (SELECT events_horizon())
 
 -- name: readable --
 -- Is the event at this position visible to gap-safe readers yet?
-SELECT transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+SELECT transaction_id < events_horizon()
   FROM events WHERE position = %(position)s
 
 -- name: stream_version --

@@ -4,7 +4,7 @@ import psycopg
 
 from interaction_store.db import current_revision, downgrade, migrate
 
-HEAD = "0013_fresh_data_keys"
+HEAD = "0014_events_horizon"
 
 
 def tables(url: str) -> set[str]:
