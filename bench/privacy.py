@@ -65,14 +65,18 @@ def appended_rate(store: Store, warm: list[Wire], events: list[Wire], batch: int
     return len(events) / (time.perf_counter() - began)
 
 
-def sealed_share(store: Store) -> str:
+def stored(store: Store, seal: bool) -> str:
+    """What the round stored: events sealed, data keys, bytes of JSON per event."""
     with store.pool.connection() as conn:
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE payload ? 'sealed'), count(*),"
-            " (SELECT count(*) FROM data_keys) FROM events"
+            " (SELECT count(*) FROM data_keys),"
+            " avg(octet_length(payload::text) + octet_length(metadata::text))::integer"
+            " FROM events"
         ).fetchone()
     assert row is not None
-    return f"{row[0]:,} of {row[1]:,} events sealed, {row[2]:,} data keys"
+    sealed = f"{row[0]:,} of {row[1]:,} events sealed, {row[2]:,} data keys, " if seal else ""
+    return f"{sealed}{row[3]:,} B of JSON per event"
 
 
 def main() -> None:
@@ -100,7 +104,7 @@ def main() -> None:
                     name = f"bench_privacy_{'sealed' if seal else 'plain'}"
                     with fresh_store(admin, url, name, seal) as store:
                         rate = appended_rate(store, warm, events, args.batch)
-                        what = sealed_share(store) if seal else "stored as given"
+                        what = stored(store, seal)
                     best[seal] = max(best[seal], rate)
                     label = "sealed" if seal else "unsealed"
                     print(f"  round {round_} {label:<9} {rate:>9,.0f} ev/s  ({what})", flush=True)
