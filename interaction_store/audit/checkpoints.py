@@ -109,7 +109,7 @@ def seal(
                 """
                 SELECT transaction_id::text, position, hash FROM events
                  WHERE (transaction_id, position) > (%s::text::xid8, %s::bigint)
-                   AND transaction_id < (SELECT events_horizon())
+                   AND transaction_id < (SELECT events_horizon(pg_current_snapshot()))
                  ORDER BY events.transaction_id, events.position
                  LIMIT %s
                 """,

@@ -130,7 +130,7 @@ SELECT position, transaction_id::text AS txid, event_id, stream_id, stream_versi
        hash, prev_hash
   FROM events
  WHERE (transaction_id, position) > (%(transaction_id)s::text::xid8, %(position)s::bigint)
-   AND transaction_id < (SELECT events_horizon())
+   AND transaction_id < (SELECT events_horizon(pg_current_snapshot()))
    AND (%(types)s::text[] IS NULL OR type = ANY (%(types)s::text[]))
  -- qualified: the xid8 column's own order, never that of a text rendering of it
  ORDER BY events.transaction_id, events.position
@@ -145,11 +145,11 @@ SELECT coalesce(max(position), 0) FROM events
 SELECT transaction_id::text AS txid, position
   FROM events
  WHERE position = %(position)s
-   AND transaction_id < (SELECT events_horizon())
+   AND transaction_id < (SELECT events_horizon(pg_current_snapshot()))
 
 -- name: readable --
 -- Is the event at this position visible to gap-safe readers yet?
-SELECT transaction_id < events_horizon()
+SELECT transaction_id < events_horizon(pg_current_snapshot())
   FROM events WHERE position = %(position)s
 
 -- name: stream_version --

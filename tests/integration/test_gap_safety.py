@@ -122,6 +122,41 @@ def test_a_writing_transaction_in_another_database_does_not_hold_readers_back(
         databases.drop(neighbour)
 
 
+def test_a_transaction_that_appended_does_not_read_its_own_uncommitted_events(
+    store: Store, databases: TestDatabases
+) -> None:
+    """Its own id is not in its snapshot's list of running transactions; it still bounds
+    what it reads, even when an older transaction of another database is left out."""
+    neighbour = databases.create(empty=True)
+    readable = (
+        "SELECT count(*) FROM events"
+        " WHERE transaction_id < (SELECT events_horizon(pg_current_snapshot()))"
+    )
+    try:
+        with psycopg.connect(neighbour) as foreign:
+            foreign.execute("CREATE TABLE scratch (x int)")  # older, and left out
+            store.append("s-0", [sms(0)])
+            with store.transaction() as tx:
+                tx.append("s-1", [sms(1)])
+                store.append("s-2", [sms(2)])  # commits after it: its id is below xmax
+                assert tx.connection.execute(readable).fetchone() == (1,)  # s-0 only
+            foreign.rollback()
+    finally:
+        databases.drop(neighbour)
+
+
+def test_a_snapshot_holding_transactions_it_does_not_list_keeps_its_xmin(
+    database_url: str,
+) -> None:
+    """A hot standby's snapshot lists its running transactions as subtransactions, not in
+    xip: its xmin is the horizon, as it always was."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        horizon = "SELECT events_horizon(%s::text::pg_snapshot)::text"
+        assert conn.execute(horizon, ("1000:1010:",)).fetchone() == ("1000",)
+        assert conn.execute(horizon, ("1000:1010:1000,1004",)).fetchone() == ("1000",)
+        assert conn.execute(horizon, ("1010:1010:",)).fetchone() == ("1010",)
+
+
 def test_an_idle_read_only_transaction_does_not_hold_readers_back(
     store: Store, database_url: str
 ) -> None:
